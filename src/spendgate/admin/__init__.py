@@ -1,0 +1,1 @@
+"""The admin HTTP API (managed keys, burst grants, budget status)."""

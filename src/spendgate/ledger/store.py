@@ -1,0 +1,26 @@
+"""The ledger's storage interface; SQLite implements it (PostgreSQL later)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from spendgate.ledger.events import UsageEvent
+
+
+class LedgerStore(Protocol):
+    """Append-only store of usage events.
+
+    `append` is called from the ledger writer's thread, never from the event
+    loop; implementations may block.
+    """
+
+    def append(self, events: Sequence[UsageEvent]) -> None: ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only SQL query (reports); `dsum(x)` sums decimal text exactly."""
+        ...
+
+    def events(self, since: float | None = None, until: float | None = None) -> Iterable[UsageEvent]: ...
+
+    def close(self) -> None: ...

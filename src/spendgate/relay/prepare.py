@@ -1,0 +1,46 @@
+"""The body sent upstream: the client's own bytes when possible, else translated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from spendgate.config import Deployment
+from spendgate.errors import GatewayError
+from spendgate.pipeline import Call
+from spendgate.wire.translate_request import TranslationError, anthropic_to_openai_chat, openai_chat_to_anthropic
+
+
+def upstream_body(call: Call, dep: Deployment) -> bytes:
+    """Serialize what `dep` must receive for `call`.
+
+    Same format and same model name with nothing to add: the client's bytes
+    go through untouched (no re-serialization on the hot path). Streams in
+    OpenAI format always ask upstream for usage, so every call can be priced.
+    """
+    body = call.body
+    if call.wire == dep.wire:
+        changes: dict[str, Any] = {}
+        if body["model"] != dep.model:
+            changes["model"] = dep.model
+        if call.stream and dep.wire == "openai" and not call.client_wants_usage:
+            opts = body.get("stream_options")
+            changes["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+        if not changes:
+            return orjson.dumps(body) if call.body_changed else call.raw_body
+        return orjson.dumps({**body, **changes})
+    try:
+        if call.wire == "openai":
+            if call.endpoint != "chat.completions":
+                raise GatewayError(400, f"/{call.endpoint} cannot be served by an Anthropic deployment.", param="model")
+            return orjson.dumps(openai_chat_to_anthropic(body, dep.model))
+        field = "max_completion_tokens" if _is_reasoning_model(dep.model) else "max_tokens"
+        return orjson.dumps(anthropic_to_openai_chat(body, dep.model, max_tokens_field=field))
+    except TranslationError as exc:
+        raise GatewayError(400, str(exc)) from None
+
+
+def _is_reasoning_model(model: str) -> bool:
+    """OpenAI reasoning models refuse `max_tokens` and want `max_completion_tokens`."""
+    return model.startswith(("o1", "o3", "o4", "gpt-5"))
