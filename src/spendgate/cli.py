@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("spendgate.demo.command", "simulator + gateway + 30 days of history + live traffic"),
     "keys": ("spendgate.commands.keys", "create, list, rotate and revoke virtual keys on a running gateway"),
     "budgets": ("spendgate.commands.budgets", "budget status and burst grants on a running gateway"),
+    "cache": ("spendgate.commands.cache", "response-cache status and flushes on a running gateway"),
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from spendgate.cache.schema import CacheConfig
 from spendgate.controls.schema import (
     AdminConfig,
     Budget,
@@ -55,6 +56,7 @@ class TokenPrice(Strict):
     output_per_mtok: Decimal
     cache_read_per_mtok: Decimal | None = None  # default: input price
     cache_write_per_mtok: Decimal | None = None  # default: input price
+    cache_write_1h_per_mtok: Decimal | None = None  # Anthropic one-hour writes; default: cache_write price
 
 
 class GpuHourPrice(Strict):
@@ -82,6 +84,14 @@ class PriceOverride(Strict):
         return self
 
 
+class PromptCacheConfig(Strict):
+    """Provider prompt caching: spendgate may add Anthropic `cache_control` breakpoints."""
+
+    insert_breakpoints: bool = False  # mark the last tool and the last system block when long enough
+    ttl: Literal["5m", "1h"] = "5m"
+    min_tokens: int | None = None  # override the model's minimum cacheable length
+
+
 class Deployment(Strict):
     """One upstream model endpoint the gateway may send calls to."""
 
@@ -102,6 +112,7 @@ class Deployment(Strict):
     price_provider: str | None = None  # catalog provider id
     price: TokenPrice | None = None
     gpu_hour: GpuHourPrice | None = None
+    prompt_cache: PromptCacheConfig | None = None  # None: the top-level `prompt_cache`
 
     @model_validator(mode="after")
     def _defaults(self) -> "Deployment":
@@ -191,6 +202,8 @@ class Config(Strict):
     budgets: list[Budget] = Field(default_factory=list)
     rate_limits: list[RateLimit] = Field(default_factory=list)
     caps: list[Cap] = Field(default_factory=list)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    prompt_cache: PromptCacheConfig = Field(default_factory=PromptCacheConfig)
 
     @field_validator("budgets", "rate_limits", "caps")
     @classmethod
@@ -215,6 +228,13 @@ class Config(Strict):
     def _simulator_needed(self) -> "Config":
         if any(d.base_url == "simulator" for d in self.deployments) and not self.simulator.enabled:
             self.simulator.enabled = True
+        return self
+
+    @model_validator(mode="after")
+    def _prompt_cache_defaults(self) -> "Config":
+        for d in self.deployments:  # a deployment's own block replaces the top-level one
+            if d.prompt_cache is None:
+                d.prompt_cache = self.prompt_cache
         return self
 
 

@@ -49,6 +49,11 @@ class Call:
     body_changed: bool = False  # raw_body no longer matches body
     candidates: list[Any] = field(default_factory=list)  # deployments in routing order (route stage)
     deployment_name: str | None = None  # the first candidate's name, for scopes
+    # filled by the cache stage
+    cache_status: str = "bypass"  # miss | exact | semantic | bypass
+    cache_scope: str | None = None
+    cache_plan: Any = None  # what to store if the call goes upstream (cache.stage.Plan)
+    cache_hit: Any = None  # the stored answer that serves this call (cache.stage.Hit)
     # what the call's attempts used, summed as they end
     cost: Decimal = field(default_factory=Decimal)
     input_tokens: int = 0
@@ -81,5 +86,9 @@ Stage = Callable[[Call], Awaitable[None]]
 
 
 async def run_stages(stages: list[Stage], call: Call) -> None:
+    """Run the stages in order; a cache hit answers the call, so later stages
+    (rate limits, budgets) neither count nor reserve anything for it."""
     for stage in stages:
         await stage(call)
+        if call.cache_hit is not None:
+            return

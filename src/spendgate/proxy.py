@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 
 from spendgate.asgi import Receive, Send, send_json, start_response
+from spendgate.cache.serve import MissRecorder, serve_hit
+from spendgate.cache.stage import CacheStage
 from spendgate.config import Config, Deployment, PrivacyConfig
 from spendgate.errors import GatewayError
 from spendgate.fingerprint import prefix_hashes, request_hash
@@ -49,8 +51,10 @@ class Proxy:
         upstream: UpstreamClient,
         meter: Meter,
         sink: EventSink,
+        cache: CacheStage | None = None,
     ) -> None:
         self.stages = stages
+        self.cache = cache
         self.router = router
         self.adapters = adapters
         self.upstream = upstream
@@ -67,6 +71,10 @@ class Proxy:
     async def _handle(self, call: Call, send: Send, receive: Receive) -> None:
         try:
             await run_stages(self.stages, call)
+            if call.cache_hit is not None:
+                call.request_hash = request_hash(call.body)
+                await serve_hit(call, send, self._id_headers(call), self.sink.submit)
+                return
             candidates = call.candidates or self.router.candidates(call.model, call.endpoint)
         except GatewayError as err:
             await self._refuse(send, err, call)
@@ -149,6 +157,8 @@ class Proxy:
             err = GatewayError(502, "The upstream provider answered with a response spendgate could not read.", "upstream")
             return (502, render(err, call.wire), []), None
         event = self._record(call, attempt, prompt)
+        if call.cache_plan is not None and self.cache is not None:
+            MissRecorder(self.cache, call).done(event, out)
         await send_json(send, 200, out, [*self._id_headers(call), (b"x-spendgate-cost", money(event.cost))])
         return None
 
@@ -182,6 +192,7 @@ class Proxy:
     ) -> None:
         dep = attempt.deployment
         relay = make_relay(call.wire, dep.wire, call.model, call.client_wants_usage, self.privacy.store_text)
+        recorder = MissRecorder(self.cache, call) if call.cache_plan is not None and self.cache is not None else None
         attempt.http_status = 200
         state = {"done": False, "disconnected": False}
         task = asyncio.current_task()
@@ -205,6 +216,8 @@ class Proxy:
                         attempt.ttft_ms = round((time.time() - attempt.ts_start) * 1000, 3)
                     out = relay.feed(chunk)
                     if out:
+                        if recorder is not None:
+                            recorder.feed(out)
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                 tail = relay.finish()
                 if relay.upstream_error:  # already relayed to the client in its own format
@@ -220,6 +233,9 @@ class Proxy:
                 tail = relay.error_event("spendgate could not read the upstream provider's stream.")
             state["done"] = True
             event = self._finish_stream(call, attempt, relay, prompt)
+            if recorder is not None:
+                recorder.feed(tail)
+                recorder.done(event)
             cost = b": x-spendgate-cost " + money(event.cost) + b"\n\n"
             await send({"type": "http.response.body", "body": tail + cost, "more_body": False})
         except asyncio.CancelledError:
@@ -248,6 +264,7 @@ class Proxy:
                 output_tokens=max(relay.usage.output_tokens, relay.content_events),
                 cache_read_tokens=relay.usage.cache_read_tokens,
                 cache_write_tokens=relay.usage.cache_write_tokens,
+                cache_write_1h_tokens=relay.usage.cache_write_1h_tokens,
             )
         if relay.text is not None:
             attempt.response_text = "".join(relay.text)

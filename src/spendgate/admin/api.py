@@ -1,4 +1,5 @@
-"""The admin HTTP API under `/admin/`: managed keys, burst grants, budget status.
+"""The admin HTTP API under `/admin/`: managed keys, burst grants, budget status,
+response-cache status and flushes.
 
 Only the admin key opens it (`Authorization: Bearer <admin key>` or
 `x-api-key`), compared in constant time; a virtual key never does. With no
@@ -26,6 +27,7 @@ from urllib.parse import parse_qs
 import orjson
 from pydantic import ValidationError
 
+from spendgate.cache.store import Invalidation
 from spendgate.asgi import Receive, Scope, Send, header_dict, read_body, send_json
 from spendgate.config import TagRules
 from spendgate.controls.identify import KeyRing, presented_key
@@ -72,6 +74,17 @@ class BudgetAdmin(Protocol):
         ...
 
 
+class CacheAdmin(Protocol):
+    """What the response cache offers the admin API."""
+
+    def flush(self, what: Invalidation) -> int: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+_FLUSH_FIELDS = {"scope": "scope", "feature": "feature", "prompt_template": "prompt_template", "prompt_version": "prompt_version", "model": "model", "policy": "policy"}
+
+
 def admin_key_from(config: AdminConfig, environ: Mapping[str, str] = os.environ) -> str | None:
     """The admin key: `admin.key` in the config, else the variable `admin.key_env` names."""
     return config.key or environ.get(config.key_env) or None
@@ -94,6 +107,7 @@ class AdminApi:
         self.store = store
         self.keys = keys
         self.budgets = budgets  # set by the budget controls when they start
+        self.cache: CacheAdmin | None = None  # set by the gateway
         self.key_env = key_env
         self.tag_rules = tag_rules or TagRules()
         self.clock = clock
@@ -168,6 +182,13 @@ class AdminApi:
                 return await self._burst(_body(raw))
             if parts[1:] in ([], ["burst"]):
                 return _not_allowed(method)
+        if parts[:1] == ["cache"]:
+            if parts[1:] == [] and method == "GET":
+                return 200, self._cache_admin().status()
+            if parts[1:] == ["flush"] and method == "POST":
+                return self._cache_flush(_body(raw))
+            if parts[1:] in ([], ["flush"]):
+                return _not_allowed(method)
         raise GatewayError(404, f"Unknown admin endpoint: {method} /admin/{'/'.join(parts)}")
 
     @property
@@ -222,6 +243,32 @@ class AdminApi:
 
     def _check_tags(self, fields: KeyFields) -> None:
         validate_tags(fields.owner_tags(), self.tag_rules)
+
+    # ---- cache (delegated) --------------------------------------------------------------
+
+    def _cache_admin(self) -> CacheAdmin:
+        if self.cache is None:
+            raise GatewayError(501, "This gateway runs no response cache.")
+        return self.cache
+
+    def _cache_flush(self, body: dict[str, Any]) -> Payload:
+        admin = self._cache_admin()
+        unknown = sorted(set(body) - set(_FLUSH_FIELDS) - {"all"})
+        if unknown:
+            raise GatewayError(400, f"unknown fields: {', '.join(unknown)} (use {', '.join([*_FLUSH_FIELDS, 'all'])})")
+        given = {k: v for k, v in body.items() if k in _FLUSH_FIELDS and v is not None}
+        for name, value in given.items():
+            if not isinstance(value, str) or not value:
+                raise GatewayError(400, f"{name}: a non-empty string")
+        everything = body.get("all", False)
+        if not isinstance(everything, bool):
+            raise GatewayError(400, "all: true or false")
+        if everything and given:
+            raise GatewayError(400, "all: true flushes everything; do not combine it with filters")
+        if not everything and not given:
+            raise GatewayError(400, "say what to flush: scope, feature, prompt_template, prompt_version, model, policy, or all: true")
+        what = Invalidation(everything=everything, **{_FLUSH_FIELDS[k]: v for k, v in given.items()})
+        return 200, {"flushed": admin.flush(what), "filter": {**given, "all": everything}}
 
     # ---- budgets (delegated) ------------------------------------------------------------
 

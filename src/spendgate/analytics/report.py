@@ -38,6 +38,8 @@ COLUMN_DIMENSIONS: dict[str, str] = {
     "source": "source",
     "route_reason": "route_reason",
     "cache_status": "cache_status",
+    "cache_scope": "cache_scope",
+    "saved_by": "saved_by",
     "price_status": "price_status",
     "wire_format": "wire_format",
     "day": "strftime('%Y-%m-%d', ts_start, 'unixepoch')",
@@ -56,6 +58,8 @@ METRICS = (
     "list_cost",
     "saved",
     "errors",
+    "cache_hits",
+    "cache_misses",
 )
 MONEY = ("cost", "list_cost", "saved")
 
@@ -66,7 +70,9 @@ _METRICS_SQL = (
     "coalesce(sum(cache_read_tokens), 0), "
     "coalesce(sum(cache_write_tokens), 0), "
     "coalesce(dsum(cost), '0'), coalesce(dsum(list_cost), '0'), coalesce(dsum(saved), '0'), "
-    "coalesce(sum(status = 'error'), 0)"
+    "coalesce(sum(status = 'error'), 0), "
+    "coalesce(sum(cache_status IN ('exact', 'semantic')), 0), "
+    "coalesce(sum(cache_status = 'miss' AND attempt = 1), 0)"
 )
 
 
@@ -121,10 +127,18 @@ class ReportRow:
     list_cost: Decimal = Decimal(0)
     saved: Decimal = Decimal(0)
     errors: int = 0
+    cache_hits: int = 0  # answered from the response cache
+    cache_misses: int = 0  # cacheable calls that went upstream (first attempts)
+
+    @property
+    def hit_rate(self) -> Decimal | None:
+        """Hits / cacheable calls (calls a cache policy covered)."""
+        n = self.cache_hits + self.cache_misses
+        return None if n == 0 else Decimal(self.cache_hits) / Decimal(n)
 
     @classmethod
     def from_sql(cls, group: dict[str, Any], values: Sequence[Any]) -> "ReportRow":
-        n, inp, out, cr, cw, cost, list_cost, saved, errors = values
+        n, inp, out, cr, cw, cost, list_cost, saved, errors, hits, misses = values
         return cls(
             group=group,
             requests=int(n),
@@ -136,6 +150,8 @@ class ReportRow:
             list_cost=Decimal(list_cost),
             saved=Decimal(saved),
             errors=int(errors),
+            cache_hits=int(hits),
+            cache_misses=int(misses),
         )
 
     def metrics(self) -> dict[str, Any]:
@@ -184,6 +200,8 @@ class Report:
             out: dict[str, Any] = dict(r.group)
             for name, value in r.metrics().items():
                 out[name] = _plain(value) if name in MONEY else value
+            rate = r.hit_rate
+            out["cache_hit_rate"] = None if rate is None else float(round(rate, 4))
             return out
 
         return {
@@ -298,6 +316,7 @@ _HEADERS = {
     "cost": "cost",
     "list_cost": "list cost",
     "saved": "saved",
+    "cache_hits": "cache hits",
 }
 _TABLE_METRICS = (
     "requests",
@@ -309,6 +328,7 @@ _TABLE_METRICS = (
     "cost",
     "list_cost",
     "saved",
+    "cache_hits",
 )
 
 

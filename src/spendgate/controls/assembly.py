@@ -51,12 +51,11 @@ class Controls:
             reservation_ttl_s=config.state.reservation_ttl_s,
             default_max_tokens=config.controls.default_max_tokens,
         )
-        self.stages: list[Stage] = [
-            RequiredTagsStage(config.required_tags),
-            CapStage(config.caps, caps_for=keys.caps_for),
-            self.ratelimits,
-            self.budgets,
-        ]
+        # the response cache runs between the two: after the checks that shape
+        # the request, before the stages that count and reserve (a hit spends nothing)
+        self.admission: list[Stage] = [RequiredTagsStage(config.required_tags), CapStage(config.caps, caps_for=keys.caps_for)]
+        self.spending: list[Stage] = [self.ratelimits, self.budgets]
+        self.stages: list[Stage] = [*self.admission, *self.spending]
 
     async def start(self, ledger: LedgerStore) -> None:
         """Before serving: tokenizers, reservations recovered, spend rebuilt from the ledger."""

@@ -1,0 +1,95 @@
+"""What makes two requests the same answer: the exact key, the determinism
+rule, and the semantic partition + question of single-turn calls.
+
+The exact key hashes everything that changes the output (model, messages,
+tools, sampling and format parameters) and nothing that does not: who asks
+(`user`, `metadata`), how the answer is delivered (`stream`,
+`stream_options`) and provider bookkeeping (`store`, `prompt_cache_key`, …).
+The prompt template and version are part of the key, so a new prompt
+version never hits an answer given to the old one.
+
+The semantic partition is the same hash with the user's question taken out:
+two calls may share a semantically matched answer only if everything but
+the wording of the question is equal (model, system prompt, parameters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from spendgate.pipeline import Call
+
+# fields that never change what the model answers
+NEUTRAL_FIELDS = frozenset(
+    {"user", "metadata", "stream", "stream_options", "store", "prompt_cache_key", "safety_identifier", "service_tier"}
+)
+
+
+def _digest(parts: list[Any]) -> str:
+    return hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+
+
+def _output_fields(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in NEUTRAL_FIELDS}
+
+
+def exact_key(call: Call, scope: str) -> str:
+    """The entry key: the scope (so keys of two scopes never meet) + the request's hash."""
+    tags = call.tags
+    head = [call.wire, call.endpoint, call.requested_model, tags.get("prompt_template"), tags.get("prompt_version")]
+    return f"{scope}|{_digest([*head, _output_fields(call.body)])}"
+
+
+def deterministic(call: Call) -> bool:
+    """Temperature 0 (embeddings always): the same request gets the same answer,
+    so serving a stored one changes nothing for the caller."""
+    if call.endpoint == "embeddings":
+        return True
+    t = call.body.get("temperature")
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and t == 0
+
+
+def question(call: Call) -> str | None:
+    """The single user question of a single-turn chat (system prompts allowed),
+    or None: multi-turn conversations, tool results and media are never
+    matched by meaning."""
+    if call.endpoint not in ("chat.completions", "messages"):
+        return None
+    messages = call.body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    found: str | None = None
+    for m in messages:
+        if not isinstance(m, dict):
+            return None
+        role = m.get("role")
+        if role in ("system", "developer") and call.wire == "openai":
+            continue
+        if role != "user" or found is not None:
+            return None
+        found = _text(m.get("content"))
+        if found is None:
+            return None
+    return found if found and found.strip() else None
+
+
+def _text(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and len(content) == 1 and isinstance(content[0], dict):
+        part = content[0]
+        if part.get("type") == "text" and isinstance(part.get("text"), str) and "cache_control" not in part:
+            return part["text"]
+    return None
+
+
+def semantic_partition(call: Call, scope: str) -> str:
+    """Everything but the question's wording, hashed: who may share a matched answer."""
+    body = _output_fields(call.body)
+    body["messages"] = [m for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") != "user"]
+    tags = call.tags
+    head = [call.wire, call.endpoint, call.requested_model, tags.get("prompt_template"), tags.get("prompt_version")]
+    return f"{scope}|{_digest([*head, body])}"
