@@ -42,6 +42,16 @@ budgets:
       - {at: 95, action: refuse_batch}
 YAML
 fi
+if [ -n "${SPENDGATE_CACHE:-}" ]; then
+  # the response cache of issue 4 on the bench traffic (its requests use
+  # temperature 0.2, hence nondeterministic: true); entries persist to SQLite
+  cat >>"$GW_RUN_DIR/spendgate.yaml" <<YAML
+cache:
+  url: "sqlite:///$GW_RUN_DIR/cache.db"
+  policies:
+    - {name: bench, match: {team: bench}, scope: {environment: "*"}, nondeterministic: true, ttl: 1h}
+YAML
+fi
 py="${SPENDGATE_PYTHON:-$here/.venv/bin/python}"
 [ -x "$py" ] || py=python3
 exec "$py" -m spendgate.cli serve --config "$GW_RUN_DIR/spendgate.yaml"

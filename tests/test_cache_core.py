@@ -97,15 +97,15 @@ def test_exact_key_ignores_who_asks_and_how_it_is_delivered_but_not_what_changes
     base = make_call()
     same = make_call()
     same.body.update(user="someone-else", metadata={"x": "y"}, stream=True, stream_options={"include_usage": True})
-    assert keys.exact_key(base, "tenant=acme") == keys.exact_key(same, "tenant=acme")
+    assert keys.exact_key(base, "tenant=acme", "faq") == keys.exact_key(same, "tenant=acme", "faq")
     for change in ({"max_tokens": 5}, {"temperature": 0.5}, {"tools": [{"type": "function", "function": {"name": "f"}}]}, {"n": 2}):
         other = make_call()
         other.body.update(change)
-        assert keys.exact_key(other, "tenant=acme") != keys.exact_key(base, "tenant=acme"), change
-    assert keys.exact_key(make_call(model="gpt-4o"), "tenant=acme") != keys.exact_key(base, "tenant=acme")
-    assert keys.exact_key(base, "tenant=other") != keys.exact_key(base, "tenant=acme")
+        assert keys.exact_key(other, "tenant=acme", "faq") != keys.exact_key(base, "tenant=acme", "faq"), change
+    assert keys.exact_key(make_call(model="gpt-4o"), "tenant=acme", "faq") != keys.exact_key(base, "tenant=acme", "faq")
+    assert keys.exact_key(base, "tenant=other", "faq") != keys.exact_key(base, "tenant=acme", "faq")
     versioned = make_call(tags={"tenant": "acme", "feature": "faq", "prompt_version": "v2"})
-    assert keys.exact_key(versioned, "tenant=acme") != keys.exact_key(base, "tenant=acme")
+    assert keys.exact_key(versioned, "tenant=acme", "faq") != keys.exact_key(base, "tenant=acme", "faq")
 
 
 def test_only_single_turn_text_questions_are_matched_by_meaning() -> None:
@@ -117,8 +117,8 @@ def test_only_single_turn_text_questions_are_matched_by_meaning() -> None:
     media.body["messages"][0]["content"] = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}]
     assert keys.question(media) is None
     # a different system prompt is a different partition: its answers are not shared
-    assert keys.semantic_partition(make_call(system="A"), "s") != keys.semantic_partition(make_call(system="B"), "s")
-    assert keys.semantic_partition(make_call("q1", system="A"), "s") == keys.semantic_partition(make_call("q2", system="A"), "s")
+    assert keys.semantic_partition(make_call(system="A"), "s", "faq") != keys.semantic_partition(make_call(system="B"), "s", "faq")
+    assert keys.semantic_partition(make_call("q1", system="A"), "s", "faq") == keys.semantic_partition(make_call("q2", system="A"), "s", "faq")
 
 
 # ---- the stage -----------------------------------------------------------------------------------

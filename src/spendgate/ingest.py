@@ -19,6 +19,7 @@ from spendgate.controls.tags import validate_tags
 from spendgate.errors import GatewayError
 from spendgate.ledger.events import TAG_COLUMNS, ZERO, UsageEvent
 from spendgate.pricing.catalog import PriceCatalog, TokenUsage
+from spendgate.pricing.prompt_cache import SAVED_BY, prompt_cache_saved, uses_prompt_cache
 
 log = logging.getLogger("spendgate.ingest")
 
@@ -79,7 +80,7 @@ class Ingest:
         ev.key_id = key.id if key else ANY_KEY_ID
         if ev.source == "proxy":
             ev.source = "ingest"
-        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
+        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cache_write_1h_tokens"):
             value = getattr(ev, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise GatewayError(400, f"Malformed event: {name} must be a non-negative integer.")
@@ -94,7 +95,9 @@ class Ingest:
             cache_read_tokens=int(ev.cache_read_tokens or 0),
             cache_write_tokens=int(ev.cache_write_tokens or 0),
             reasoning_tokens=int(ev.reasoning_tokens or 0),
+            cache_write_1h_tokens=min(int(ev.cache_write_1h_tokens or 0), int(ev.cache_write_tokens or 0)),
         )
+        ev.cache_write_1h_tokens = usage.cache_write_1h_tokens
         if usage.input_tokens or usage.output_tokens:
             dep = ev.deployment if ev.deployment in self.deployments else None
             provider = _PROVIDERS.get(ev.provider, ev.provider or None)
@@ -102,4 +105,8 @@ class Ingest:
             ev.cost, ev.list_cost, ev.price_status, ev.price_source = priced.cost, priced.list_cost, priced.status, priced.source
             if priced.status == "priced" and ev.usage_source == "estimated":
                 ev.price_status = "estimated"
+            if priced.status == "priced" and uses_prompt_cache(usage):
+                saved = prompt_cache_saved(self.catalog, provider, ev.model_used or ev.model_requested, usage, ev.cost, dep)
+                if saved is not None:
+                    ev.saved, ev.saved_by = saved, SAVED_BY
         return ev

@@ -9,6 +9,7 @@ from spendgate.config import Deployment, PrivacyConfig
 from spendgate.ledger.events import UsageEvent
 from spendgate.pipeline import Call
 from spendgate.pricing.catalog import PriceCatalog, TokenUsage
+from spendgate.pricing.prompt_cache import SAVED_BY, prompt_cache_saved, uses_prompt_cache
 
 
 @dataclass(slots=True)
@@ -66,10 +67,13 @@ class Meter:
             output_tokens=u.output_tokens,
             cache_read_tokens=u.cache_read_tokens,
             cache_write_tokens=u.cache_write_tokens,
+            cache_write_1h_tokens=u.cache_write_1h_tokens,
             reasoning_tokens=u.reasoning_tokens,
             usage_source=attempt.usage_source,
             request_hash=call.request_hash,
             prefix_hashes=call.prefix_hashes,
+            cache_status=call.cache_status,
+            cache_scope=call.cache_scope,
         )
         ev.apply_tags(call.tags)
         if call.control_actions:
@@ -80,7 +84,7 @@ class Meter:
             priced = self.catalog.price(dep.catalog_provider, model_used, u, dep.name)
             ev.cost, ev.list_cost, ev.price_source = priced.cost, priced.list_cost, priced.source
             ev.price_status = "estimated" if priced.status == "priced" and attempt.usage_source == "estimated" else priced.status
-            if u.cache_read_tokens and priced.status == "priced":
+            if uses_prompt_cache(u) and priced.status == "priced":
                 self._prompt_cache_saving(ev, dep, model_used, u)
         else:
             ev.price_status = "priced"
@@ -92,9 +96,8 @@ class Meter:
 
     def _prompt_cache_saving(self, ev: UsageEvent, dep: Deployment, model: str, u: TokenUsage) -> None:
         """What the provider's prompt cache saved: the same call with every prompt
-        token billed as plain input, minus what it cost (cache writes, billed
-        above the input price, count against it)."""
-        uncached = TokenUsage(input_tokens=u.input_tokens, output_tokens=u.output_tokens, reasoning_tokens=u.reasoning_tokens)
-        without = self.catalog.price(dep.catalog_provider, model, uncached, dep.name)
-        ev.saved = without.cost - ev.cost
-        ev.saved_by = "prompt_cache"
+        token billed as plain input, minus what it cost. Cache writes, billed
+        above the input price, count against it: a write-only call saves < 0."""
+        saved = prompt_cache_saved(self.catalog, dep.catalog_provider, model, u, ev.cost, dep.name)
+        if saved is not None:
+            ev.saved, ev.saved_by = saved, SAVED_BY

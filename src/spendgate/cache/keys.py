@@ -36,10 +36,12 @@ def _output_fields(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in NEUTRAL_FIELDS}
 
 
-def exact_key(call: Call, scope: str) -> str:
-    """The entry key: the scope (so keys of two scopes never meet) + the request's hash."""
+def exact_key(call: Call, scope: str, policy: str) -> str:
+    """The entry key: the scope (so keys of two scopes never meet) + the request's hash.
+    The policy is part of it: an answer stored under a long-lived policy must not
+    serve a call that a short-lived (or since removed) policy covers."""
     tags = call.tags
-    head = [call.wire, call.endpoint, call.requested_model, tags.get("prompt_template"), tags.get("prompt_version")]
+    head = [policy, call.wire, call.endpoint, call.requested_model, tags.get("prompt_template"), tags.get("prompt_version")]
     return f"{scope}|{_digest([*head, _output_fields(call.body)])}"
 
 
@@ -86,10 +88,10 @@ def _text(content: Any) -> str | None:
     return None
 
 
-def semantic_partition(call: Call, scope: str) -> str:
+def semantic_partition(call: Call, scope: str, policy: str) -> str:
     """Everything but the question's wording, hashed: who may share a matched answer."""
     body = _output_fields(call.body)
     body["messages"] = [m for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") != "user"]
     tags = call.tags
-    head = [call.wire, call.endpoint, call.requested_model, tags.get("prompt_template"), tags.get("prompt_version")]
+    head = [policy, call.wire, call.endpoint, call.requested_model, tags.get("prompt_template"), tags.get("prompt_version")]
     return f"{scope}|{_digest([*head, body])}"

@@ -15,11 +15,12 @@ from decimal import Decimal
 import orjson
 
 from spendgate.asgi import Send, send_json, start_response
-from spendgate.cache.capture import StreamCapture, complete_body
+from spendgate.cache.capture import StreamCapture
 from spendgate.cache.replay import replay_json, replay_sse
 from spendgate.cache.stage import CacheStage, Hit
 from spendgate.ledger.events import UsageEvent
 from spendgate.pipeline import Call
+from spendgate.pricing.catalog import TokenUsage
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 ZERO = Decimal(0)
@@ -101,12 +102,17 @@ class MissRecorder:
             return
         call = self.call
         if self.capture is not None:
-            full = self.capture.result()
+            # the client may not have asked for usage in its stream; the ledger event has it
+            usage = TokenUsage(
+                input_tokens=event.input_tokens, output_tokens=event.output_tokens, cache_read_tokens=event.cache_read_tokens,
+                cache_write_tokens=event.cache_write_tokens, reasoning_tokens=event.reasoning_tokens,
+            )  # fmt: skip
+            full = self.capture.result(usage)
             if full is None:
                 return
             body = orjson.dumps(full)
-        elif body is None or complete_body(call.wire, call.endpoint, body) is None:
-            return
+        elif body is None:
+            return  # (a non-streaming body reached here only after the relay parsed it as a success)
         self.stage.remember(
             call, body, cost=event.cost, list_cost=event.list_cost, input_tokens=event.input_tokens,
             output_tokens=event.output_tokens, provider=event.provider, deployment=event.deployment,

@@ -124,11 +124,11 @@ class CacheStage:
         if policy.spec.semantic and self.embed is not None:
             question = keys.question(call)
             if question is not None:
-                partition = keys.semantic_partition(call, scope)
+                partition = keys.semantic_partition(call, scope, policy.name)
                 vector = self.embed(question)
         if not policy.spec.exact and partition is None:
             return None
-        return Plan(policy, scope, keys.exact_key(call, scope), partition, vector)
+        return Plan(policy, scope, keys.exact_key(call, scope, policy.name), partition, vector)
 
     def _lookup(self, call: Call, plan: Plan) -> Hit | None:
         assert self.cache is not None

@@ -54,10 +54,17 @@ def default_tags(key: ApiKey | None) -> dict[str, str]:
 
 
 def owner_tags(key: ApiKey | None) -> dict[str, str]:
-    """The key's owner (team, user, service): authoritative, never overridden by the request."""
+    """The key's owner (team, user, service) and, when its defaults name one, its
+    tenant: authoritative, never overridden by the request. A tenant's key must not
+    reach another tenant's data (its cached answers) by sending another tenant tag;
+    a shared app key without a tenant default sets the tenant per call."""
     if key is None:
         return {}
-    return {n: v for n, v in (("team", key.team), ("user", key.user), ("service", key.service)) if v is not None}
+    out = {n: v for n, v in (("team", key.team), ("user", key.user), ("service", key.service)) if v is not None}
+    tenant = key.tags.get("tenant")
+    if tenant is not None:
+        out["tenant"] = tenant
+    return out
 
 
 @lru_cache(maxsize=4096)

@@ -23,12 +23,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from spendgate.config import Deployment
 from spendgate.controls.tokens import count_input_tokens, estimate_input_tokens, forget_input_estimate
 from spendgate.pipeline import Call
 from spendgate.pricing.catalog import PriceCatalog, TokenUsage
 
 LEGACY_COMPLETIONS_DEFAULT = 16  # what OpenAI's /completions generates when max_tokens is absent
 _CACHE_CONTROL = b'"cache_control"'
+_ONE_HOUR = b'"1h"'
 
 # endpoint -> the request fields that bound the output, in the order they are honoured
 _FIELDS: dict[str, tuple[str, ...]] = {
@@ -129,9 +131,10 @@ def worst_case(call: Call, catalog: PriceCatalog) -> Decimal | None:
     n_in = input_tokens(call)
     n_out = 0 if call.endpoint == "embeddings" else (max_tokens(call) or 0) * choices(call)
     plain = TokenUsage(input_tokens=n_in, output_tokens=n_out)
-    writes = TokenUsage(input_tokens=n_in, output_tokens=n_out, cache_write_tokens=n_in) if _CACHE_CONTROL in call.raw_body else None
+    marked = _CACHE_CONTROL in call.raw_body
     best: Decimal | None = None
     for i, dep in enumerate(call.candidates):
+        writes = _cache_writes(call, dep, n_in, n_out, marked)
         priced = catalog.price(dep.catalog_provider, dep.model, plain, dep.name)
         if priced.status != "priced":
             if i == 0:
@@ -145,3 +148,16 @@ def worst_case(call: Call, catalog: PriceCatalog) -> Decimal | None:
         if best is None or cost > best:
             best = cost
     return best
+
+
+def _cache_writes(call: Call, dep: Deployment, n_in: int, n_out: int, marked: bool) -> TokenUsage | None:
+    """The dearest prompt-cache usage the call may be billed on `dep`: every input token
+    written to the cache, at the one-hour price when a one-hour TTL may be asked for."""
+    settings = dep.prompt_cache
+    inserted = settings is not None and settings.insert_breakpoints and dep.wire == "anthropic"
+    if not (marked or inserted):
+        return None
+    one_hour = (marked and _ONE_HOUR in call.raw_body) or (settings is not None and inserted and settings.ttl == "1h")
+    return TokenUsage(
+        input_tokens=n_in, output_tokens=n_out, cache_write_tokens=n_in, cache_write_1h_tokens=n_in if one_hour else 0
+    )

@@ -88,6 +88,7 @@ class UsageEvent:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # part of cache_write_tokens: Anthropic one-hour writes
     usage_source: str = "provider"  # provider | estimated | none
     # money
     cost: Decimal = ZERO

@@ -43,6 +43,7 @@ class TokenUsage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0  # part of output_tokens, billed as output
+    cache_write_1h_tokens: int = 0  # part of cache_write_tokens: Anthropic one-hour writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +70,17 @@ def quantize_cost(value: Fraction | Decimal) -> Decimal:
 
 
 def token_price_cost(p: TokenPrice, u: TokenUsage) -> Decimal:
-    """Per-million-token prices; cache reads/writes default to the input price. Exact."""
+    """Per-million-token prices; cache reads/writes default to the input price,
+    one-hour writes to the write price. Exact."""
     read = p.cache_read_per_mtok if p.cache_read_per_mtok is not None else p.input_per_mtok
     write = p.cache_write_per_mtok if p.cache_write_per_mtok is not None else p.input_per_mtok
+    write_1h = p.cache_write_1h_per_mtok if p.cache_write_1h_per_mtok is not None else write
     plain_input = u.input_tokens - u.cache_read_tokens - u.cache_write_tokens
     total = (
         plain_input * p.input_per_mtok
         + u.cache_read_tokens * read
-        + u.cache_write_tokens * write
+        + (u.cache_write_tokens - u.cache_write_1h_tokens) * write
+        + u.cache_write_1h_tokens * write_1h
         + u.output_tokens * p.output_per_mtok  # reasoning tokens are inside output_tokens
     )
     return total / MILLION

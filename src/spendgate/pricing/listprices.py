@@ -36,6 +36,7 @@ from genai_prices.types import (
     ModelInfo,
     ModelPrice,
     Provider,
+    Tier,
     TieredPrices,
     _collect_resolved_model_prices,  # pyright: ignore[reportPrivateUsage]
     calc_unit_price,
@@ -53,8 +54,10 @@ REPORTED_KEYS: tuple[str, ...] = (
     "cache_read_tokens",
     "cache_write_tokens",
     "output_reasoning_tokens",
+    "cache_write_1h_tokens",
 )
-_REASONING = 4
+_OPTIONAL = 4  # keys from here on are reported only when non-zero (see genai_usage)
+_VALUES = tuple[int, int, int, int, int, int]
 
 
 def genai_usage(u: TokenUsage) -> Usage:
@@ -72,11 +75,20 @@ def genai_usage(u: TokenUsage) -> Usage:
     }
     if u.reasoning_tokens:
         kwargs["output_reasoning_tokens"] = u.reasoning_tokens
+    if u.cache_write_1h_tokens:  # a part of cache_write_tokens (genai-prices' `cache_ttl: 1h` unit)
+        kwargs["cache_write_1h_tokens"] = u.cache_write_1h_tokens
     return Usage(**kwargs)
 
 
-def _values(u: TokenUsage) -> tuple[int, int, int, int, int]:
-    return (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens)
+def _values(u: TokenUsage) -> _VALUES:
+    return (
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+        u.cache_write_1h_tokens,
+    )
 
 
 def _mask(values: Sequence[int]) -> int:
@@ -114,9 +126,10 @@ def _compile(model_price: ModelPrice, mask: int) -> _Plan | object:
     except ValueError:
         return _SLOW
     # A probe with the same reported keys and the same zero/non-zero shape.
-    probe_kwargs: dict[str, int] = {k: (1 if mask >> i & 1 else 0) for i, k in enumerate(REPORTED_KEYS[:_REASONING])}
-    if mask >> _REASONING & 1:
-        probe_kwargs[REPORTED_KEYS[_REASONING]] = 1
+    probe_kwargs: dict[str, int] = {k: (1 if mask >> i & 1 else 0) for i, k in enumerate(REPORTED_KEYS[:_OPTIONAL])}
+    for i in range(_OPTIONAL, len(REPORTED_KEYS)):
+        if mask >> i & 1:
+            probe_kwargs[REPORTED_KEYS[i]] = 1
     probe = Usage(**probe_kwargs)
     n = len(REPORTED_KEYS)
 
@@ -172,7 +185,9 @@ class GenaiPrices:
         # depend on the date: an exact memo (the same snapshot and usage always
         # give the same price), so repeated usage (a budget's worst case of a
         # repeated prompt) skips the arithmetic. Replaced with the snapshot.
-        self._memo: dict[tuple[str | None, str, tuple[int, int, int, int, int]], ListPrice] = {}
+        self._memo: dict[tuple[str | None, str, _VALUES], ListPrice] = {}
+        # ModelPrice -> the same with a derived one-hour write price (see `_with_1h_writes`)
+        self._derived: dict[int, tuple[ModelPrice, ModelPrice]] = {}
 
     def resolve(self, provider: str | None, model: str) -> tuple[Provider, ModelInfo, str] | None:
         """genai-prices' (provider, model) for a reference, or None; cached, misses too."""
@@ -183,6 +198,7 @@ class GenaiPrices:
                     self._models = {}
                     self._plans = {}
                     self._memo = {}
+                    self._derived = {}
                     self._snapshot = snapshot
         key = (provider, model)
         try:
@@ -226,18 +242,34 @@ class GenaiPrices:
         m: ModelInfo,
         model_price: ModelPrice,
         source: str,
-        values: tuple[int, int, int, int, int],
+        values: _VALUES,
         usage: TokenUsage,
         at: datetime | None,
     ) -> ListPrice:
+        if usage.cache_write_1h_tokens and _lacks_1h_writes(model_price):
+            model_price = self._with_1h_writes(model_price)
+            source += DERIVED_1H
+            derived = True
+        else:
+            derived = False
         plan = self._plan(model_price, _mask(values)) if not _special(p, m) else _SLOW
         if plan is not _SLOW:
             assert isinstance(plan, _Plan)
             total = _run(plan, values)
             if total is not None:
                 return ListPrice(total, source)
+        if derived:
+            return ListPrice(model_price.calc_price(genai_usage(usage))["total_price"], source)
         calc = m.calc_price(genai_usage(usage), p, genai_request_timestamp=at)
         return ListPrice(calc.total_price, source)
+
+    def _with_1h_writes(self, model_price: ModelPrice) -> ModelPrice:
+        entry = self._derived.get(id(model_price))
+        if entry is not None and entry[0] is model_price:
+            return entry[1]
+        derived = ModelPrice(**{**vars(model_price), "cache_write_1h_mtok": _times(model_price.input_mtok, 2)})
+        self._derived[id(model_price)] = (model_price, derived)
+        return derived
 
     def _plan(self, model_price: ModelPrice, mask: int) -> _Plan | object:
         key = (id(model_price), mask)
@@ -249,12 +281,33 @@ class GenaiPrices:
         return plan
 
 
+DERIVED_1H = "+derived:cache_write_1h=2x_input"
+"""Appended to the price source when one-hour cache writes were priced by Anthropic's
+published rule (2x the base input price) because genai-prices has no such price."""
+
+
+def _lacks_1h_writes(model_price: ModelPrice) -> bool:
+    """A model with cache-write prices but no one-hour write price (genai-prices would
+    bill one-hour writes at the five-minute rate)."""
+    return (
+        getattr(model_price, "cache_write_mtok", None) is not None
+        and getattr(model_price, "cache_write_1h_mtok", None) is None
+        and getattr(model_price, "input_mtok", None) is not None
+    )
+
+
+def _times(price: Decimal | TieredPrices, factor: int) -> Decimal | TieredPrices:
+    if isinstance(price, TieredPrices):
+        return TieredPrices(base=price.base * factor, tiers=[Tier(start=t.start, price=t.price * factor) for t in price.tiers])
+    return price * factor
+
+
 def _special(p: Provider, m: ModelInfo) -> bool:
     # ModelInfo.calc_price rewrites usage for these (billed audio seconds).
     return p.id == "groq" and m.id in ("whisper-large-v3", "whisper-large-v3-turbo")
 
 
-def _run(plan: _Plan, values: tuple[int, int, int, int, int]) -> Decimal | None:
+def _run(plan: _Plan, values: _VALUES) -> Decimal | None:
     """genai-prices' ModelPrice.calc_price arithmetic; None if a count is negative (it would raise)."""
     total_input = values[0] if plan.tiered else 0
     total = Decimal(0)

@@ -25,6 +25,7 @@ from spendgate.errors import GatewayError
 from spendgate.fingerprint import request_hash
 from spendgate.ledger.events import UsageEvent, new_id
 from spendgate.pricing.catalog import PriceCatalog, TokenUsage
+from spendgate.pricing.prompt_cache import SAVED_BY, prompt_cache_saved, uses_prompt_cache
 from spendgate.wire import anthropic as anthropic_wire
 from spendgate.wire import openai as openai_wire
 from spendgate.wire.usage import from_anthropic, from_openai, to_anthropic
@@ -280,6 +281,7 @@ class Recorder:
             cache_read_tokens=u.cache_read_tokens,
             cache_write_tokens=u.cache_write_tokens,
             reasoning_tokens=u.reasoning_tokens,
+            cache_write_1h_tokens=u.cache_write_1h_tokens,
         )
 
     def _event(self, status: str, exc: BaseException | None) -> UsageEvent:
@@ -313,6 +315,7 @@ class Recorder:
             output_tokens=usage.output_tokens,
             cache_read_tokens=usage.cache_read_tokens,
             cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             usage_source=usage_source,
             request_hash=info.request_hash,
@@ -322,6 +325,10 @@ class Recorder:
             priced = self.catalog.price(info.provider, model_used, usage)
             ev.cost, ev.list_cost, ev.price_source = priced.cost, priced.list_cost, priced.source
             ev.price_status = "estimated" if priced.status == "priced" and usage_source == "estimated" else priced.status
+            if priced.status == "priced" and uses_prompt_cache(usage):
+                saved = prompt_cache_saved(self.catalog, info.provider, model_used, usage, priced.cost)
+                if saved is not None:
+                    ev.saved, ev.saved_by = saved, SAVED_BY
         else:
             ev.price_status = "priced"
             ev.price_source = "no-usage"

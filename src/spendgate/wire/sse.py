@@ -31,14 +31,19 @@ class SSEParser:
             body = self._buf[:-1] if held else self._buf
             self._buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if held else b"")
         events: list[SSEEvent] = []
+        buf = self._buf
+        start = 0  # scan with an offset and cut the rest once: linear in the chunk, however many events it holds
         while True:
-            end = self._buf.find(b"\n\n")
+            end = buf.find(b"\n\n", start)
             if end < 0:
-                return events
-            block, self._buf = self._buf[: end + 2], self._buf[end + 2 :]
-            parsed = _parse_block(block)
+                break
+            parsed = _parse_block(buf[start : end + 2])
             if parsed is not None:
                 events.append(parsed)
+            start = end + 2
+        if start:
+            self._buf = buf[start:]
+        return events
 
     def pending(self) -> bytes:
         """Bytes of an unfinished event (a stream cut mid-event)."""

@@ -2,7 +2,9 @@
 
 Normalized `input_tokens` counts every prompt token. OpenAI's `prompt_tokens`
 already does; Anthropic's `input_tokens` excludes cache reads and writes, so
-they are added back.
+they are added back. Anthropic splits cache writes by TTL in
+`cache_creation.{ephemeral_5m,ephemeral_1h}_input_tokens`; the one-hour part
+is kept as `cache_write_1h_tokens` (billed at a higher price).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def from_anthropic(usage: Any) -> TokenUsage:
         cache_read_tokens=read,
         cache_write_tokens=write,
         reasoning_tokens=_int(odet.get("thinking_tokens")),
+        cache_write_1h_tokens=min(write, _int(_dict(usage.get("cache_creation")).get("ephemeral_1h_input_tokens"))),
     )
 
 
@@ -73,9 +76,15 @@ def to_openai(u: TokenUsage) -> dict[str, Any]:
 
 
 def to_anthropic(u: TokenUsage) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "input_tokens": u.input_tokens - u.cache_read_tokens - u.cache_write_tokens,
         "output_tokens": u.output_tokens,
         "cache_creation_input_tokens": u.cache_write_tokens,
         "cache_read_input_tokens": u.cache_read_tokens,
     }
+    if u.cache_write_1h_tokens:  # absent = all five-minute writes, as Anthropic's older responses read
+        out["cache_creation"] = {
+            "ephemeral_5m_input_tokens": u.cache_write_tokens - u.cache_write_1h_tokens,
+            "ephemeral_1h_input_tokens": u.cache_write_1h_tokens,
+        }
+    return out
