@@ -140,6 +140,21 @@ async def test_exact_then_semantic_hits_within_the_tenant() -> None:
     assert await answer_of(stage, other_tenant) is None and other_tenant.cache_scope == "tenant=globex"
 
 
+async def test_a_match_by_meaning_must_agree_on_numbers_and_negation() -> None:
+    """Averaged embeddings barely move for "order 12345" vs "order 67890", or "cancel"
+    vs "not cancel" (the toy embedding does not move at all): the guard refuses those."""
+    stage, _ = stage_with(faq())
+    for q, a in (("Where is my order 12345?", "order 12345 ships today"), ("How do I cancel my account?", "how to cancel")):
+        c = make_call(q)
+        await stage(c)
+        store(stage, c, a)
+    assert await answer_of(stage, make_call("Where is my order 67890?")) is None
+    assert await answer_of(stage, make_call("my order 12345: where is it?")) == "order 12345 ships today"
+    assert await answer_of(stage, make_call("How do I not cancel my account?")) is None
+    assert await answer_of(stage, make_call("How don't I cancel my account?")) is None
+    assert await answer_of(stage, make_call("cancel my account - how do I?")) == "how to cancel"
+
+
 async def test_calls_without_their_boundary_value_or_policy_are_never_cached() -> None:
     stage, cache = stage_with(faq())
     no_tenant = make_call(tags={"feature": "faq"})

@@ -16,6 +16,7 @@ the wording of the question is equal (model, system prompt, parameters).
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -86,6 +87,22 @@ def _text(content: Any) -> str | None:
         if part.get("type") == "text" and isinstance(part.get("text"), str) and "cache_control" not in part:
             return part["text"]
     return None
+
+
+_NUMBER = re.compile(r"\d+(?:[.,:/-]\d+)*")
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_NEGATIONS = frozenset({"not", "no", "never", "nor", "none", "nothing", "without", "cannot", "neither", "nobody"})
+
+
+def guard(question: str) -> str:
+    """What a match by meaning must also agree on: the numbers in the question
+    and how often it negates. An averaged embedding hardly moves when "order
+    12345" becomes "order 67890" or "cancel" becomes "not cancel", but the
+    right answer does. A hash (the question's text is never stored)."""
+    text = question.lower()
+    numbers = sorted(_NUMBER.findall(text))
+    negations = sum(1 for w in _WORD.findall(text) if w in _NEGATIONS or w.endswith("n't"))
+    return hashlib.blake2b(f"{negations}|{'|'.join(numbers)}".encode(), digest_size=8).hexdigest()
 
 
 def semantic_partition(call: Call, scope: str, policy: str) -> str:

@@ -63,7 +63,7 @@ class MemoryCache:
         self._entries.move_to_end(key)
         return e
 
-    def nearest(self, partition: str, vector: Any, threshold: float, now: float) -> tuple[Entry, float] | None:
+    def nearest(self, partition: str, vector: Any, threshold: float, now: float, guard: str | None = None) -> tuple[Entry, float] | None:
         index = self._indexes.get(partition)
         if index is None:
             return None
@@ -76,9 +76,11 @@ class MemoryCache:
             if e.expires <= now:
                 expired.append(e)
                 continue
-            if similarity >= threshold:
+            if similarity < threshold:
+                break  # best first: nothing further is close enough
+            if e.guard == guard:
                 found = (e, similarity)
-            break  # best first: the best live candidate decides
+                break
         if expired:
             self._drop(expired)
         if found is not None:

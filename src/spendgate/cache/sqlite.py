@@ -37,13 +37,13 @@ CREATE TABLE IF NOT EXISTS cache_entries (
     cost TEXT NOT NULL, list_cost TEXT NOT NULL,
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
     provider TEXT NOT NULL, deployment TEXT NOT NULL, model_used TEXT NOT NULL,
-    partition TEXT, vector BLOB
+    partition TEXT, vector BLOB, guard TEXT
 );
 CREATE INDEX IF NOT EXISTS cache_entries_expires ON cache_entries (expires);
 """
 _COLUMNS = (
     "key, scope, policy, wire, endpoint, model, body, created, expires, feature, prompt_template, prompt_version, "
-    "cost, list_cost, input_tokens, output_tokens, provider, deployment, model_used, partition, vector"
+    "cost, list_cost, input_tokens, output_tokens, provider, deployment, model_used, partition, vector, guard"
 )
 
 
@@ -52,7 +52,7 @@ def _row(e: Entry) -> tuple[Any, ...]:
     return (
         e.key, e.scope, e.policy, e.wire, e.endpoint, e.model, e.body, e.created, e.expires, e.feature,
         e.prompt_template, e.prompt_version, str(e.cost), str(e.list_cost), e.input_tokens, e.output_tokens,
-        e.provider, e.deployment, e.model_used, e.partition, vector,
+        e.provider, e.deployment, e.model_used, e.partition, vector, e.guard,
     )  # fmt: skip
 
 
@@ -66,7 +66,7 @@ def _entry(r: tuple[Any, ...]) -> Entry:
         key=r[0], scope=r[1], policy=r[2], wire=r[3], endpoint=r[4], model=r[5], body=bytes(r[6]), created=r[7],
         expires=r[8], feature=r[9], prompt_template=r[10], prompt_version=r[11], cost=Decimal(r[12]),
         list_cost=Decimal(r[13]), input_tokens=r[14], output_tokens=r[15], provider=r[16], deployment=r[17],
-        model_used=r[18], partition=r[19], vector=vector,
+        model_used=r[18], partition=r[19], vector=vector, guard=r[21],
     )  # fmt: skip
 
 
@@ -142,7 +142,7 @@ class SqlitePersistence:
                 self._db.execute("BEGIN")
                 for op, arg in ops:
                     if op == "put":
-                        self._db.execute(f"INSERT OR REPLACE INTO cache_entries ({_COLUMNS}) VALUES ({', '.join('?' * 21)})", _row(arg))
+                        self._db.execute(f"INSERT OR REPLACE INTO cache_entries ({_COLUMNS}) VALUES ({', '.join('?' * 22)})", _row(arg))
                     elif op == "del":
                         self._db.executemany("DELETE FROM cache_entries WHERE key = ?", [(k,) for k in arg])
                     else:

@@ -45,6 +45,7 @@ class Plan:
     key: str
     partition: str | None  # semantic partition, when the call is a single-turn question
     vector: Any  # its question's embedding (computed once, for lookup and store)
+    guard: str | None = None  # numbers/negations a match must share (cache.keys.guard)
 
 
 @dataclass(slots=True)
@@ -120,15 +121,16 @@ class CacheStage:
             return None  # the call lacks its boundary's value (e.g. no tenant): never share
         if not keys.deterministic(call) and not (policy.spec.nondeterministic or asked == "use"):
             return None
-        partition = vector = None
+        partition = vector = guard = None
         if policy.spec.semantic and self.embed is not None:
             question = keys.question(call)
             if question is not None:
                 partition = keys.semantic_partition(call, scope, policy.name)
                 vector = self.embed(question)
+                guard = keys.guard(question)
         if not policy.spec.exact and partition is None:
             return None
-        return Plan(policy, scope, keys.exact_key(call, scope, policy.name), partition, vector)
+        return Plan(policy, scope, keys.exact_key(call, scope, policy.name), partition, vector, guard)
 
     def _lookup(self, call: Call, plan: Plan) -> Hit | None:
         assert self.cache is not None
@@ -139,7 +141,7 @@ class CacheStage:
                 entry.hits += 1
                 return Hit(entry, "exact", None)
         if plan.partition is not None:
-            found = self.cache.nearest(plan.partition, plan.vector, plan.policy.threshold, now)
+            found = self.cache.nearest(plan.partition, plan.vector, plan.policy.threshold, now, plan.guard)
             if found is not None:
                 found[0].hits += 1
                 return Hit(found[0], "semantic", round(found[1], 6))
@@ -163,7 +165,7 @@ class CacheStage:
                 feature=tags.get("feature"), prompt_template=template, prompt_version=tags.get("prompt_version"),
                 cost=cost, list_cost=list_cost, input_tokens=input_tokens, output_tokens=output_tokens,
                 provider=provider, deployment=deployment, model_used=model_used,
-                partition=plan.partition, vector=plan.vector,
+                partition=plan.partition, vector=plan.vector, guard=plan.guard,
             )
         )  # fmt: skip
         call.cache_plan = None

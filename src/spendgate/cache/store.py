@@ -40,6 +40,7 @@ class Entry:
     # semantic entries: the partition they may match in, and the question's vector
     partition: str | None = None
     vector: Any = None  # numpy float32 row, normalised
+    guard: str | None = None  # numbers/negations hash a semantic match must equal (cache.keys.guard)
     id: int = 0  # assigned by the store (vector index id)
     hits: int = 0
 
@@ -90,8 +91,9 @@ class Cache(Protocol):
         """The live entry for an exact key, or None (expired entries are dropped)."""
         ...
 
-    def nearest(self, partition: str, vector: Any, threshold: float, now: float) -> tuple[Entry, float] | None:
-        """The most similar live entry of the partition at or above `threshold`, with its similarity."""
+    def nearest(self, partition: str, vector: Any, threshold: float, now: float, guard: str | None = None) -> tuple[Entry, float] | None:
+        """The most similar live entry of the partition at or above `threshold` whose guard
+        equals `guard`, with its similarity."""
         ...
 
     def put(self, entry: Entry) -> None:
