@@ -33,6 +33,15 @@ class Attempt:
     recorded: bool = False  # its ledger event was written (exactly once)
 
 
+def attribute(ev: UsageEvent, call: Call) -> None:
+    """Who the call belongs to and what the controls did to it, on its event."""
+    ev.apply_tags(call.tags)
+    if call.control_actions:
+        ev.control_actions = ";".join(call.control_actions)
+    if call.missing_tags:
+        ev.missing_tags = ",".join(call.missing_tags)
+
+
 class Meter:
     def __init__(self, catalog: PriceCatalog, privacy: PrivacyConfig) -> None:
         self.catalog = catalog
@@ -75,11 +84,7 @@ class Meter:
             cache_status=call.cache_status,
             cache_scope=call.cache_scope,
         )
-        ev.apply_tags(call.tags)
-        if call.control_actions:
-            ev.control_actions = ";".join(call.control_actions)
-        if call.missing_tags:
-            ev.missing_tags = ",".join(call.missing_tags)
+        attribute(ev, call)
         if u.input_tokens or u.output_tokens:
             priced = self.catalog.price(dep.catalog_provider, model_used, u, dep.name)
             ev.cost, ev.list_cost, ev.price_source = priced.cost, priced.list_cost, priced.source

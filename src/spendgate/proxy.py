@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from spendgate.asgi import Receive, Send, send_json, start_response
+from spendgate.asgi import SSE_HEADERS, Receive, Send, send_json, start_response
 from spendgate.cache.serve import MissRecorder, serve_hit
 from spendgate.cache.stage import CacheStage
 from spendgate.config import Config, Deployment, PrivacyConfig
@@ -32,7 +32,6 @@ from spendgate.wire import openai as openai_wire
 
 log = logging.getLogger("spendgate.proxy")
 
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 
 
 class EventSink:

@@ -14,15 +14,15 @@ from decimal import Decimal
 
 import orjson
 
-from spendgate.asgi import Send, send_json, start_response
+from spendgate.asgi import SSE_HEADERS, Send, send_json, start_response
 from spendgate.cache.capture import StreamCapture
 from spendgate.cache.replay import replay_json, replay_sse
 from spendgate.cache.stage import CacheStage, Hit
 from spendgate.ledger.events import UsageEvent
+from spendgate.meter import attribute
 from spendgate.pipeline import Call
 from spendgate.pricing.catalog import TokenUsage
 
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 ZERO = Decimal(0)
 
 
@@ -58,11 +58,7 @@ def hit_event(call: Call, hit: Hit) -> UsageEvent:
         similarity=hit.similarity,
         request_hash=call.request_hash,
     )
-    ev.apply_tags(call.tags)
-    if call.control_actions:
-        ev.control_actions = ";".join(call.control_actions)
-    if call.missing_tags:
-        ev.missing_tags = ",".join(call.missing_tags)
+    attribute(ev, call)
     return ev
 
 
