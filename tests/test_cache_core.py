@@ -314,3 +314,77 @@ def test_a_lookup_never_crosses_its_scope(ops: list[tuple[str, str, str, str]]) 
                 assert c.cache_hit.entry.scope == f"tenant={tenant}" == c.cache_scope
 
     asyncio.run(run())
+
+
+# ---- what must never be stored or shared (review findings) -----------------------------------------
+
+
+def store_with(stage: CacheStage, call: Call, answer: str, finish_reason: str) -> None:
+    stage.remember(call, orjson.dumps({"answer": answer}), cost=Decimal("0.001"), list_cost=Decimal("0.001"),
+                   input_tokens=10, output_tokens=5, provider="openai", deployment="d", model_used=call.model,
+                   finish_reason=finish_reason)  # fmt: skip
+
+
+async def test_an_answer_cut_short_by_a_later_control_is_not_stored_for_callers_without_it() -> None:
+    stage, cache = stage_with(faq(semantic=False))
+    capped = make_call("Explain the refund policy in detail.")
+    capped.body["max_tokens"] = 500
+    await stage(capped)
+    capped.body["max_tokens"] = 7  # a budget's slowdown step lowered it after the key was taken
+    store_with(stage, capped, "Refunds are", "length")
+    assert cache.stats().entries == 0
+    finished = make_call("Explain the refund policy briefly.")
+    await stage(finished)
+    finished.body["max_tokens"] = 4096  # the budget stage's default bound: the answer ended by itself
+    store_with(stage, finished, "Refunds take 5 days.", "stop")
+    plain = make_call("Explain the refund policy briefly.")
+    assert await answer_of(stage, plain) == "Refunds take 5 days."
+
+
+def test_anthropic_beta_features_are_part_of_the_key() -> None:
+    def anthropic_call(headers: dict[str, str]) -> Call:
+        body = {"model": "claude-haiku-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+        return Call(wire="anthropic", endpoint="messages", body=body, raw_body=orjson.dumps(body), headers=headers, model=body["model"])
+
+    plain = keys.exact_key(anthropic_call({}), "s", "p")
+    assert keys.exact_key(anthropic_call({"anthropic-beta": "context-1m-2025-08-07"}), "s", "p") != plain
+    assert keys.exact_key(anthropic_call({"anthropic-version": "2023-06-01"}), "s", "p") != plain
+
+
+async def test_a_bad_cache_header_is_refused_even_where_no_policy_caches() -> None:
+    stage = CacheStage(CacheConfig(url="memory"), None)
+    with pytest.raises(GatewayError):
+        await stage(make_call(headers={"x-spendgate-cache": "nonsense"}))
+    ok = make_call(headers={"x-spendgate-cache": "bypass"})
+    await stage(ok)
+    assert ok.cache_status == "bypass"
+
+
+def test_the_cache_header_is_not_a_tag() -> None:
+    from spendgate.controls.tags import header_tags
+
+    assert header_tags({"x-spendgate-cache": "use", "x-spendgate-team": "search"}) == {"team": "search"}
+
+
+async def test_error_bodies_with_status_200_are_never_stored() -> None:
+    from spendgate.cache.serve import MissRecorder
+    from spendgate.ledger.events import UsageEvent
+
+    stage, cache = stage_with(faq(semantic=False))
+    event = UsageEvent(request_id="r", cost=Decimal("0.001"), list_cost=Decimal("0.001"), finish_reason="stop")
+    for body in (
+        {"error": {"message": "upstream overloaded", "type": "server_error"}},
+        {"id": "x", "object": "chat.completion", "choices": []},
+        {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": None}]},
+    ):
+        c = make_call("refund?")
+        await stage(c)
+        MissRecorder(stage, c).done(event, orjson.dumps(body))
+    assert cache.stats().entries == 0
+    good = make_call("refund?")
+    await stage(good)
+    answer = {"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}  # fmt: skip
+    MissRecorder(stage, good).done(event, orjson.dumps(answer))
+    assert cache.stats().entries == 1

@@ -37,12 +37,21 @@ def _output_fields(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in NEUTRAL_FIELDS}
 
 
-def exact_key(call: Call, scope: str, policy: str) -> str:
-    """The entry key: the scope (so keys of two scopes never meet) + the request's hash.
-    The policy is part of it: an answer stored under a long-lived policy must not
-    serve a call that a short-lived (or since removed) policy covers."""
-    tags = call.tags
+def _head(call: Call, policy: str) -> list[Any]:
+    """What besides the body decides the answer: the policy (an answer stored under a
+    long-lived policy must not serve a call a short-lived one covers), the format and
+    model asked for, the prompt template and version, and Anthropic's forwarded
+    headers (`anthropic-beta` turns on features such as longer contexts)."""
+    tags, headers = call.tags, call.headers
     head = [policy, call.wire, call.endpoint, call.requested_model, tags.get("prompt_template"), tags.get("prompt_version")]
+    if call.wire == "anthropic":
+        head += [headers.get("anthropic-beta"), headers.get("anthropic-version")]
+    return head
+
+
+def exact_key(call: Call, scope: str, policy: str) -> str:
+    """The entry key: the scope (so keys of two scopes never meet) + the request's hash."""
+    head = _head(call, policy)
     return f"{scope}|{_digest([*head, _output_fields(call.body)])}"
 
 
@@ -109,6 +118,5 @@ def semantic_partition(call: Call, scope: str, policy: str) -> str:
     """Everything but the question's wording, hashed: who may share a matched answer."""
     body = _output_fields(call.body)
     body["messages"] = [m for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") != "user"]
-    tags = call.tags
-    head = [policy, call.wire, call.endpoint, call.requested_model, tags.get("prompt_template"), tags.get("prompt_version")]
+    head = _head(call, policy)
     return f"{scope}|{_digest([*head, body])}"

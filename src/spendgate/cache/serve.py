@@ -15,7 +15,7 @@ from decimal import Decimal
 import orjson
 
 from spendgate.asgi import SSE_HEADERS, Send, send_json, start_response
-from spendgate.cache.capture import StreamCapture
+from spendgate.cache.capture import StreamCapture, complete_body
 from spendgate.cache.replay import replay_json, replay_sse
 from spendgate.cache.stage import CacheStage, Hit
 from spendgate.ledger.events import UsageEvent
@@ -107,10 +107,10 @@ class MissRecorder:
             if full is None:
                 return
             body = orjson.dumps(full)
-        elif body is None:
-            return  # (a non-streaming body reached here only after the relay parsed it as a success)
+        elif body is None or complete_body(call.wire, call.endpoint, body) is None:
+            return  # an error object, no choices, an unfinished choice: never an answer to serve
         self.stage.remember(
             call, body, cost=event.cost, list_cost=event.list_cost, input_tokens=event.input_tokens,
             output_tokens=event.output_tokens, provider=event.provider, deployment=event.deployment,
-            model_used=event.model_used,
+            model_used=event.model_used, finish_reason=event.finish_reason,
         )  # fmt: skip

@@ -27,12 +27,14 @@ from spendgate.cache import keys
 from spendgate.cache.schema import CacheConfig, CachePolicy
 from spendgate.cache.store import Cache, Entry
 from spendgate.controls.scope import Scope
+from spendgate.controls.worst_case import max_tokens
 from spendgate.errors import GatewayError
 from spendgate.pipeline import Call
 
 log = logging.getLogger("spendgate.cache")
 
 HEADER = "x-spendgate-cache"
+TRUNCATED = frozenset({"length", "max_tokens"})  # finish / stop reasons of an answer cut at its bound
 _STATUS_HEADERS = {s: (b"x-spendgate-cache", s.encode()) for s in ("miss", "exact", "semantic", "bypass")}
 
 
@@ -46,6 +48,7 @@ class Plan:
     partition: str | None  # semantic partition, when the call is a single-turn question
     vector: Any  # its question's embedding (computed once, for lookup and store)
     guard: str | None = None  # numbers/negations a match must share (cache.keys.guard)
+    bound: int | None = None  # the output bound the key was taken with (later stages may lower or set it)
 
 
 @dataclass(slots=True)
@@ -106,13 +109,11 @@ class CacheStage:
         call.response_headers.append(_STATUS_HEADERS["miss"])
 
     def _plan(self, call: Call) -> Plan | None:
-        if self.cache is None or not self.policies:
-            return None
         asked = call.headers.get(HEADER, "").strip().lower()
-        if asked == "bypass":
-            return None
-        if asked not in ("", "refresh", "use"):
+        if asked not in ("", "bypass", "refresh", "use"):
             raise GatewayError(400, f"{HEADER}: use bypass, refresh or use (got {asked!r}).", param=HEADER)
+        if self.cache is None or not self.policies or asked == "bypass":
+            return None
         policy = next((p for p in self.policies if p.match.instance(call) is not None), None)
         if policy is None:
             return None
@@ -130,7 +131,7 @@ class CacheStage:
                 guard = keys.guard(question)
         if not policy.spec.exact and partition is None:
             return None
-        return Plan(policy, scope, keys.exact_key(call, scope, policy.name), partition, vector, guard)
+        return Plan(policy, scope, keys.exact_key(call, scope, policy.name), partition, vector, guard, max_tokens(call))
 
     def _lookup(self, call: Call, plan: Plan) -> Hit | None:
         assert self.cache is not None
@@ -148,13 +149,18 @@ class CacheStage:
         return None
 
     def remember(self, call: Call, body: bytes, *, cost: Decimal, list_cost: Decimal, input_tokens: int,
-                 output_tokens: int, provider: str, deployment: str, model_used: str) -> None:  # fmt: skip
+                 output_tokens: int, provider: str, deployment: str, model_used: str,
+                 finish_reason: str | None = None) -> None:  # fmt: skip
         """Store a successful upstream answer of a planned miss (the proxy calls this)."""
         plan: Plan | None = call.cache_plan
         if plan is None or self.cache is None:
             return
         if call.route_reason == "degrade":
             return  # answered by another model than asked for: not the answer to this key
+        if finish_reason in TRUNCATED and max_tokens(call) != plan.bound:
+            # a budget's default or slowdown cap cut this answer short: a caller without
+            # that pressure, asking the same, must not get the shortened one
+            return
         now = self.clock()
         tags = call.tags
         template = tags.get("prompt_template")

@@ -10,7 +10,7 @@ from spendgate.errors import GatewayError
 TAGS_HEADER = "x-spendgate-tags"
 SINGLE_PREFIX = "x-spendgate-"
 # x-spendgate-* headers that are not tags
-NOT_TAGS = frozenset({TAGS_HEADER, "x-spendgate-request-id", "x-spendgate-cost"})
+NOT_TAGS = frozenset({TAGS_HEADER, "x-spendgate-request-id", "x-spendgate-cost", "x-spendgate-cache"})
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.\-]*$")
 
