@@ -41,29 +41,12 @@ keys:
 deployments:
   - {name: bench-model, provider: openai_compatible, model: bench-model, base_url: "http://127.0.0.1:9/v1", price_model: gpt-4o-mini, price_provider: openai}
 """
-CONTROLS = """
-state: {url: "sqlite:///STATE"}
-required_tags:
-  - {environments: ["*"], tags: [team, environment], mode: reject}
-caps:
-  - {name: bench-cap, match: {team: bench}, max_tokens: 4096, action: clamp}
-rate_limits:
-  - {name: per-key, scope: {key: "*"}, rpm: 100000000, tpm: 100000000000, concurrency: 100000}
-budgets:
-  - {name: global-month, window: {period: month}, limit: "100000000"}
-  - name: team-day
-    scope: {team: "*"}
-    window: {period: day, timezone: Europe/Berlin}
-    limit: "100000000"
-    slowdown:
-      - {at: 80, action: route, route: {bench-model: bench-model}}
-      - {at: 95, action: refuse_batch}
-"""
+CONTROLS = HERE / "controls.yaml"  # the same controls bench/gateway.sh adds with SPENDGATE_CONTROLS=1
 HEADERS = {"authorization": "Bearer sk-bench-master", "content-type": "application/json"}
 
 
 async def build(with_controls: bool) -> tuple[list, Controls | None]:
-    text = BASE + (CONTROLS.replace("STATE", str(Path(tempfile.mkdtemp()) / "state.db")) if with_controls else "")
+    text = BASE + (CONTROLS.read_text().replace("@RUN_DIR@", tempfile.mkdtemp()) if with_controls else "")
     cfg = parse_config(text)
     identify = Identify(cfg, None)
     route = RouteStage(Router(cfg))

@@ -20,27 +20,8 @@ deployments:
   - {name: bench-claude, provider: anthropic, model: bench-claude, base_url: "$UPSTREAM_URL", price_model: claude-haiku-4-5, price_provider: anthropic}
 YAML
 if [ -n "${SPENDGATE_CONTROLS:-}" ]; then
-  # the controls of issue 3 on every request: required tags, a cap, per-key rate
-  # limits, a global and a per-team budget with a slowdown plan (none of them
-  # ever refuses the benchmark's traffic, so every request does the full work)
-  cat >>"$GW_RUN_DIR/spendgate.yaml" <<YAML
-state: {url: "sqlite:///$GW_RUN_DIR/state.db"}
-required_tags:
-  - {environments: ["*"], tags: [team, environment], mode: reject}
-caps:
-  - {name: bench-cap, match: {team: bench}, max_tokens: 4096, action: clamp}
-rate_limits:
-  - {name: per-key, scope: {key: "*"}, rpm: 100000000, tpm: 100000000000, concurrency: 100000}
-budgets:
-  - {name: global-month, window: {period: month}, limit: "100000000"}
-  - name: team-day
-    scope: {team: "*"}
-    window: {period: day, timezone: Europe/Berlin}
-    limit: "100000000"
-    slowdown:
-      - {at: 80, action: route, route: {bench-model: bench-model}}
-      - {at: 95, action: refuse_batch}
-YAML
+  # the controls of issue 3 on every request (bench/controls.yaml says which)
+  sed "s#@RUN_DIR@#$GW_RUN_DIR#g" "$here/bench/controls.yaml" >>"$GW_RUN_DIR/spendgate.yaml"
 fi
 if [ -n "${SPENDGATE_CACHE:-}" ]; then
   # the response cache of issue 4 on the bench traffic (its requests use

@@ -388,3 +388,22 @@ async def test_error_bodies_with_status_200_are_never_stored() -> None:
               "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}  # fmt: skip
     MissRecorder(stage, good).done(event, orjson.dumps(answer))
     assert cache.stats().entries == 1
+
+
+async def test_an_exact_hit_does_not_embed_the_question() -> None:
+    calls: list[str] = []
+
+    def counting_embed(text: str) -> np.ndarray:
+        calls.append(text)
+        return toy_embed(text)
+
+    cache = MemoryCache(index_factory=ExactIndex)
+    stage = CacheStage(CacheConfig(url="memory", policies=[faq()]), cache, counting_embed, 0.95, lambda: 1000.0)
+    first = make_call("How do I get a refund?")
+    await stage(first)  # miss: embedded once for the semantic lookup, reused for the store
+    store(stage, first, "Refunds take 5 days.")
+    assert len(calls) == 1
+    assert await answer_of(stage, make_call("How do I get a refund?")) == "Refunds take 5 days."
+    assert len(calls) == 1  # served by the exact key: no embedding
+    assert await answer_of(stage, make_call("refund: how do I get one")) == "Refunds take 5 days."
+    assert len(calls) == 2

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from spendgate import housekeeping
 from spendgate.cache.memory import MemoryCache
 from spendgate.cache.schema import CacheConfig
 from spendgate.cache.sqlite import SqlitePersistence
@@ -53,27 +54,17 @@ class ResponseCache:
             if entries:
                 log.info("cache: %d stored answers loaded from %s", len(entries), self.persistence.path)
             self.persistence.start()
-        self._housekeeping = asyncio.get_running_loop().create_task(self._keep())
+        self._housekeeping = housekeeping.every(self.expire_interval_s, self._keep, "cache", log)
 
     async def close(self) -> None:
         task, self._housekeeping = self._housekeeping, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await housekeeping.stop(task)
         if self.persistence is not None:
             await asyncio.to_thread(self.persistence.close)
 
     async def _keep(self) -> None:
         assert self.backend is not None
-        while True:
-            await asyncio.sleep(self.expire_interval_s)
-            try:
-                self.backend.expire(self.clock())
-            except Exception:  # noqa: BLE001 - housekeeping must go on
-                log.exception("cache housekeeping failed")
+        self.backend.expire(self.clock())
 
     # ---- admin -----------------------------------------------------------------------------
 

@@ -46,9 +46,10 @@ class Plan:
     scope: str
     key: str
     partition: str | None  # semantic partition, when the call is a single-turn question
-    vector: Any  # its question's embedding (computed once, for lookup and store)
+    question: str | None = None  # that question, in memory for the call's duration only (never stored)
     guard: str | None = None  # numbers/negations a match must share (cache.keys.guard)
     bound: int | None = None  # the output bound the key was taken with (later stages may lower or set it)
+    vector: Any = None  # the question's embedding: computed when first needed (not for an exact hit)
 
 
 @dataclass(slots=True)
@@ -122,16 +123,20 @@ class CacheStage:
             return None  # the call lacks its boundary's value (e.g. no tenant): never share
         if not keys.deterministic(call) and not (policy.spec.nondeterministic or asked == "use"):
             return None
-        partition = vector = guard = None
+        partition = question = guard = None
         if policy.spec.semantic and self.embed is not None:
             question = keys.question(call)
             if question is not None:
                 partition = keys.semantic_partition(call, scope, policy.name)
-                vector = self.embed(question)
                 guard = keys.guard(question)
         if not policy.spec.exact and partition is None:
             return None
-        return Plan(policy, scope, keys.exact_key(call, scope, policy.name), partition, vector, guard, max_tokens(call))
+        return Plan(policy, scope, keys.exact_key(call, scope, policy.name), partition, question, guard, max_tokens(call))
+
+    def _vector(self, plan: Plan) -> Any:
+        if plan.vector is None and plan.question is not None and self.embed is not None:
+            plan.vector = self.embed(plan.question)
+        return plan.vector
 
     def _lookup(self, call: Call, plan: Plan) -> Hit | None:
         assert self.cache is not None
@@ -142,7 +147,7 @@ class CacheStage:
                 entry.hits += 1
                 return Hit(entry, "exact", None)
         if plan.partition is not None:
-            found = self.cache.nearest(plan.partition, plan.vector, plan.policy.threshold, now, plan.guard)
+            found = self.cache.nearest(plan.partition, self._vector(plan), plan.policy.threshold, now, plan.guard)
             if found is not None:
                 found[0].hits += 1
                 return Hit(found[0], "semantic", round(found[1], 6))
@@ -171,7 +176,7 @@ class CacheStage:
                 feature=tags.get("feature"), prompt_template=template, prompt_version=tags.get("prompt_version"),
                 cost=cost, list_cost=list_cost, input_tokens=input_tokens, output_tokens=output_tokens,
                 provider=provider, deployment=deployment, model_used=model_used,
-                partition=plan.partition, vector=plan.vector, guard=plan.guard,
+                partition=plan.partition, vector=self._vector(plan), guard=plan.guard,
             )
         )  # fmt: skip
         call.cache_plan = None

@@ -32,6 +32,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from spendgate import housekeeping
 from spendgate.config import Config
 from spendgate.controls import worst_case as wc
 from spendgate.controls.grants import BurstGrants, GrantStore
@@ -194,29 +195,19 @@ class BudgetStage:
         self._seeded.update(cb.signature for cb in self.budgets)
         if seeds:
             log.info("budgets: settled spend rebuilt from the ledger for %d counters", len(totals))
-        self._housekeeping = asyncio.get_running_loop().create_task(self._keep())
+        self._housekeeping = housekeeping.every(self.expire_interval_s, self._keep, "budget", log)
 
     async def close(self) -> None:
         """Stop housekeeping (the store is closed by its owner)."""
         task, self._housekeeping = self._housekeeping, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await housekeeping.stop(task)
 
     async def _keep(self) -> None:
-        while True:
-            await asyncio.sleep(self.expire_interval_s)
-            try:
-                now = self.clock()
-                released = await self.store.expire(now)
-                if released:
-                    log.warning("released %d reservations past their TTL (%gs)", released, self.ttl_s)
-                self.grants.prune(now)
-            except Exception:  # noqa: BLE001 - housekeeping must go on
-                log.exception("budget housekeeping failed")
+        now = self.clock()
+        released = await self.store.expire(now)
+        if released:
+            log.warning("released %d reservations past their TTL (%gs)", released, self.ttl_s)
+        self.grants.prune(now)
 
     # ---- the stage -------------------------------------------------------------------------
 

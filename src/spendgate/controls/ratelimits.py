@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
+from spendgate import housekeeping
 from spendgate.controls.schema import RateLimit
 from spendgate.controls.scope import Scope
 from spendgate.controls.tokens import count_input_tokens, estimate_input_tokens
@@ -83,26 +84,16 @@ class RateLimitStage:
         """Drop slots that left every window (and stale reservations) in the background;
         without it the store keeps one bucket per instance per 5 s."""
         if self._housekeeping is None and (self.limits or self.rate_limits_for is not None):
-            self._housekeeping = asyncio.get_running_loop().create_task(self._keep())
+            self._housekeeping = housekeeping.every(self.expire_interval_s, self._keep, "rate-limit", log)
 
     async def close(self) -> None:
         task, self._housekeeping = self._housekeeping, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await housekeeping.stop(task)
 
     async def _keep(self) -> None:
-        while True:
-            await asyncio.sleep(self.expire_interval_s)
-            try:
-                released = await self.store.expire(self.clock())
-                if released:
-                    log.warning("released %d rate-limit reservations past their TTL (%gs)", released, self.ttl_s)
-            except Exception:  # noqa: BLE001 - housekeeping must go on
-                log.exception("rate-limit housekeeping failed")
+        released = await self.store.expire(self.clock())
+        if released:
+            log.warning("released %d rate-limit reservations past their TTL (%gs)", released, self.ttl_s)
 
     def _covering(self, call: Call, batch: bool) -> list[_Compiled]:
         found = []
