@@ -286,6 +286,46 @@ def test_cli_errors_are_clear(gw: Gateway) -> None:
     assert r.returncode == 1 and "no-such-budget" in r.stderr
 
 
+# ---- routing health -----------------------------------------------------------------------------
+
+
+def test_routing_status_shows_failover_and_cooldown(gw: Gateway) -> None:
+    r = api(gw, "GET", "routing")
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["object"] == "routing.status"
+    assert data["models"]["ha-model"] == {"strategy": "ordered", "deployments": ["dead", "alive"]}
+    fresh = data["deployments"]["an-haiku"]
+    assert fresh["state"] == "healthy" and fresh["in_flight"] == 0 and fresh["recent_failures"] == 0
+    assert set(fresh) >= {"cooldown_left_s", "latency_ewma_ms", "last_failure", "rpm", "rpm_used", "tpm", "tpm_used"}
+    for _ in range(3):  # "dead" refuses connections: each call fails over to "alive"
+        raw = chat(gw, "sk-test-search", "ha-model")
+        rows = gw.by_request(raw.headers["x-spendgate-request-id"])
+        assert [(row["deployment"], row["route_reason"]) for row in rows] == [("dead", "direct"), ("alive", "failover")]
+    deps = api(gw, "GET", "routing").json()["deployments"]
+    dead, alive = deps["dead"], deps["alive"]
+    assert dead["state"] == "cooling" and dead["cooldown_left_s"] > 0  # three failures (allowed_fails) trip it
+    assert dead["recent_failures"] == 3 and dead["last_failure"] == "connection"
+    assert alive["state"] == "healthy" and alive["latency_ewma_ms"] > 0 and alive["latency_samples"] >= 3
+    assert alive["in_flight"] == 0
+    assert api(gw, "GET", "routing", key=None).status_code == 401
+    assert api(gw, "POST", "routing", {}).status_code == 405
+
+    r = cli("routing", "status", url=gw.url)
+    assert r.returncode == 0, r.stderr
+    dead_line = next(line for line in r.stdout.splitlines() if line.startswith("dead "))
+    assert "cooling" in dead_line and "connection" in dead_line
+    assert "not healthy: dead" in r.stdout
+    r = cli("routing", "status", "--json", url=gw.url)
+    assert r.returncode == 0 and json.loads(r.stdout)["deployments"]["dead"]["state"] == "cooling"
+
+
+def test_routing_status_without_a_router() -> None:
+    with admin_server(FakeBudgets()) as url:
+        r = cli("routing", "status", url=url)
+    assert r.returncode == 1 and "HTTP 501" in r.stderr and "no router" in r.stderr
+
+
 # ---- the budgets command, against an admin API with a fake budget admin ----------------------
 
 

@@ -72,8 +72,14 @@ def make_events(n: int, seed: int = 7) -> list[UsageEvent]:
         )
         if rng.random() < 0.6:
             e.tags["customer"] = rng.choice(["acme", "globex", "initech"])
+        e.saved_by = rng.choice([None, "cache", "prompt_cache", "routing", "prompt_cache,routing"])
+        e.route_reason = rng.choice(["direct"] * 6 + ["policy", "cascade", "cascade-escalation", "failover"])
         events.append(e)
     return events
+
+
+def routing_saved(events) -> Decimal:
+    return exact_sum(e.saved for e in events if "routing" in (e.saved_by or "").split(","))
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +100,9 @@ def check_totals(report, events) -> None:
         rows = exact_sum(getattr(r, money) for r in report.rows)
         expected = exact_sum(getattr(e, money) for e in events)
         assert getattr(report.total, money) == rows == expected, money
+    assert report.total.routing_saved == exact_sum(r.routing_saved for r in report.rows) == routing_saved(events)
+    # attempts sharing a request_id are one request; an event without one stands alone
+    assert report.total.distinct_requests == len({e.request_id or e.event_id for e in events})
     for count in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
         assert getattr(report.total, count) == sum(getattr(r, count) for r in report.rows) == sum(
             getattr(e, count) for e in events
@@ -273,6 +282,135 @@ def test_report_total_property(items):
         report = build_report(store, None, None, ["team", "model"])
     check_totals(report, events)
     assert len(report.rows) == len({(e.team, e.model_used) for e in events})
+
+
+# --- routing figures ------------------------------------------------------
+
+
+def routed_ledger() -> list[UsageEvent]:
+    """Nine requests, one event per upstream attempt, the way the gateway writes them."""
+
+    def ev(rid: str, n: int, reason: str, model: str, saved: str = "0", saved_by: str | None = None, **kw) -> UsageEvent:
+        return UsageEvent(request_id=rid, attempt=n, ts_start=T0 + n, route_reason=reason, model_used=model,
+                          team=kw.pop("team", "support"), cost=Decimal(kw.pop("cost", "0.001")), saved=Decimal(saved),
+                          saved_by=saved_by, **kw)  # fmt: skip
+
+    return [
+        ev("r1", 1, "direct", "gpt-4.1"),
+        # policy: tier:small served it; saved against the flagship baseline
+        ev("r2", 1, "policy", "gpt-4o-mini", "0.000123456789012345678", "routing"),
+        # cascade: the cheap step failed its checks (paid, saved minus its cost), the flagship answered
+        ev("r3", 1, "cascade", "gpt-4o-mini", "-0.000000333333333333333", "routing", cost="0.000000333333333333333"),
+        ev("r3", 2, "cascade-escalation", "gpt-4.1"),
+        # cascade: the cheap step passed; the provider's prompt cache saved on it too
+        ev("r4", 1, "cascade", "gpt-4o-mini", "0.0107", "prompt_cache,routing", team="search"),
+        # cascade, cheap step skipped by the learned check: the first attempt is the escalation
+        ev("r5", 1, "cascade-escalation", "gpt-4.1", team="search"),
+        # direct, first deployment failed, another took it
+        ev("r6", 1, "direct", "gpt-4.1", status="error"),
+        ev("r6", 2, "failover", "gpt-4.1"),
+        # policy, retried, then failed over; the answer saved against the baseline
+        ev("r7", 1, "policy", "gpt-4o-mini", status="error"),
+        ev("r7", 2, "retry", "gpt-4o-mini", status="error"),
+        ev("r7", 3, "failover", "claude-haiku-4-5", "0.9", "routing"),
+        # saved by something else: not routing's
+        ev("r8", 1, "direct", "gpt-4.1", "0.5", "prompt_cache"),
+        ev("r8b", 1, "direct", "gpt-4.1", "0.25", "cache"),
+        # ingested from elsewhere: no request id, a request of its own
+        ev("", 1, "direct", "gpt-4.1"),
+    ]
+
+
+def test_routing_figures_are_per_request_and_exact(tmp_path: Path):
+    events = routed_ledger()
+    with SQLiteLedger(tmp_path / "l.db") as store:
+        store.append(events)
+        report = build_report(store, None, None, [])
+        t = report.total
+        assert t.requests == len(events) == 14  # events, as before
+        assert t.distinct_requests == 10
+        assert (t.routed_requests, t.cascade_requests, t.escalated_requests, t.failover_requests) == (5, 3, 2, 2)
+        assert t.escalation_rate == Decimal(2) / Decimal(3)
+        assert t.failover_rate == Decimal(2) / Decimal(10)
+        expected = (Decimal("0.000123456789012345678") - Decimal("0.000000333333333333333")
+                    + Decimal("0.0107") + Decimal("0.9"))  # fmt: skip
+        assert t.routing_saved == expected == Decimal("0.910823123455679012345")  # to the last digit
+        assert t.saved == expected + Decimal("0.75")
+        assert report.rows[0].routing_counts() == t.routing_counts()
+
+        data = json.loads(render_json(report))["total"]
+        assert data["routing_saved"] == "0.910823123455679012345"
+        assert Decimal(data["routing_saved"]) == exact_sum(
+            e.saved for e in events if "routing" in (e.saved_by or "").split(",")
+        )
+        assert (data["distinct_requests"], data["routed_requests"], data["cascade_requests"]) == (10, 5, 3)
+        assert (data["escalated_requests"], data["failover_requests"]) == (2, 2)
+        assert data["escalation_rate"] == 0.6667 and data["failover_rate"] == 0.2
+
+        # per group, a request carries the flags of the whole request
+        by_model = {r.group["model"]: r for r in build_report(store, None, None, ["model"]).rows}
+        mini = by_model["gpt-4o-mini"]  # r2, r3, r4, r7
+        assert (mini.distinct_requests, mini.routed_requests, mini.cascade_requests, mini.escalated_requests) == (4, 4, 2, 1)
+        assert mini.escalation_rate == Decimal("0.5") and mini.failover_requests == 1
+        flagship = by_model["gpt-4.1"]  # r1, r3, r5, r6, r8, r8b, ""
+        assert (flagship.distinct_requests, flagship.cascade_requests, flagship.escalated_requests) == (7, 2, 2)
+        assert flagship.escalation_rate == 1 and flagship.failover_rate == Decimal(1) / Decimal(7)
+        assert by_model["claude-haiku-4-5"].routing_saved == Decimal("0.9")
+        rows = build_report(store, None, None, ["team", "model"]).rows
+        assert exact_sum(r.routing_saved for r in rows) == expected
+
+        # route_reason counts attempts, as a dimension always has
+        by_reason = {r.group["route_reason"]: r.requests for r in build_report(store, None, None, ["route_reason"]).rows}
+        assert by_reason == {"direct": 5, "policy": 2, "cascade": 2, "cascade-escalation": 2, "failover": 2, "retry": 1}
+
+        table = render_table(build_report(store, None, None, ["team"]))
+        header = next(line for line in table.splitlines() if line.startswith("team"))
+        assert header.split()[-6:] == ["routed", "escalated", "failed", "over", "routing", "saved"]
+        total = next(line for line in table.splitlines() if line.startswith("TOTAL"))
+        assert total.split()[-4:] == ["5", "66.7%", "20.0%", "$0.910823123455679012345"]
+        assert ("routing: 5 of 10 requests routed by policy or cascade; 66.7% escalated (2 of 3 cascade requests); "
+                "20.0% failed over (2 requests); saved $0.910823123455679012345 against the baseline") in table  # fmt: skip
+
+        csv_rows = list(csv.DictReader(io.StringIO(render_csv(build_report(store, None, None, ["team"])))))
+        assert exact_sum(Decimal(r["routing_saved"]) for r in csv_rows) == expected
+        assert sum(int(r["escalated_requests"]) for r in csv_rows) == 2
+
+
+def test_routing_window_is_the_report_window(tmp_path: Path):
+    events = routed_ledger()
+    with SQLiteLedger(tmp_path / "l.db") as store:
+        store.append(events)
+        # attempts 2 and 3 only: r3's escalation, r6's and r7's failovers, r7's retry
+        t = build_report(store, T0 + 2, None, ["model"]).total
+        assert (t.distinct_requests, t.routed_requests, t.cascade_requests, t.escalated_requests, t.failover_requests) == (3, 1, 1, 1, 2)
+        assert t.routing_saved == Decimal("0.9")
+
+
+def test_routing_rates_with_zero_denominators(tmp_path: Path):
+    with SQLiteLedger(tmp_path / "l.db") as store:
+        empty = build_report(store, None, None, ["team"])
+        assert empty.total.escalation_rate is None and empty.total.failover_rate is None
+        data = json.loads(render_json(empty))["total"]
+        assert data["escalation_rate"] is None and data["failover_rate"] is None and data["routing_saved"] == "0"
+
+        store.append([UsageEvent(request_id="a", ts_start=T0, team="x", cost=Decimal("0.5")),
+                      UsageEvent(request_id="b", ts_start=T0, team="x", cost=Decimal("0.25"), route_reason="policy")])  # fmt: skip
+        t = build_report(store, None, None, ["team"]).total
+        assert t.escalation_rate is None  # no cascade requests: no rate, not 0%
+        assert t.failover_rate == 0 and t.routed_requests == 1
+        data = json.loads(render_json(build_report(store, None, None, ["team"])))["total"]
+        assert data["escalation_rate"] is None and data["failover_rate"] == 0.0
+        assert "- escalated" not in render_table(build_report(store, None, None, ["team"]))
+        assert "no cascade requests" in render_table(build_report(store, None, None, ["team"]))
+
+
+def test_table_without_routing_is_unchanged(populated, tmp_path: Path):
+    with SQLiteLedger(tmp_path / "l.db") as store:
+        store.append([UsageEvent(request_id="a", ts_start=T0, team="x", cost=Decimal("0.5"), saved=Decimal("0.1"), saved_by="cache")])
+        table = render_table(build_report(store, None, None, ["team"]))
+    header = next(line for line in table.splitlines() if line.startswith("team"))
+    assert header.endswith("saved  cache hits")
+    assert "routed" not in table and "routing:" not in table
 
 
 # --- time parsing ---------------------------------------------------------

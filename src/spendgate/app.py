@@ -13,6 +13,7 @@ from spendgate.asgi import Receive, Scope, Send, header_dict, read_body, send_js
 from spendgate.config import Config
 from spendgate.controls.identify import Identify, may_use, presented_key
 from spendgate.errors import GatewayError
+from spendgate.feedback import Feedback
 from spendgate.ingest import Ingest
 from spendgate.keys.store import open_key_store
 from spendgate.ledger.open import open_ledger
@@ -51,7 +52,7 @@ class Gateway:
         self.catalog = Catalog(config)
         self.key_store = open_key_store(config.state.url)  # managed virtual keys
         self.identify = Identify(config, self.key_store)
-        self.router = Router(config)
+        self.router = Router(config, self.catalog.blended_price)
         self.upstream = UpstreamClient()
         self.writer = LedgerWriter(
             open_ledger(config.ledger.url), batch_size=config.ledger.batch_size, flush_interval_ms=config.ledger.flush_interval_ms
@@ -59,6 +60,7 @@ class Gateway:
         self.simulator: Any = None
         self.proxy: Proxy | None = None
         self.ingest = Ingest(self.identify.keys, self.catalog, self.writer, config)
+        self.feedback = Feedback(self.identify.keys, self.writer)
         self.admin = AdminApi(
             self.key_store, self.identify.keys, admin_key_from(config.admin), key_env=config.admin.key_env, tag_rules=config.tags
         )
@@ -67,6 +69,7 @@ class Gateway:
         self.admin.budgets = self.controls.budgets
         self.cache = ResponseCache(config.cache)
         self.admin.cache = self.cache
+        self.admin.router = self.router
 
     async def startup(self) -> None:
         if self.config.simulator.enabled:
@@ -148,6 +151,9 @@ class Gateway:
             await _json(send, 200, {"status": "ok"})
         elif path == "/v1/models" and method == "GET":
             await self._models(scope, send)
+        elif path == "/v1/spendgate/feedback" and method == "POST":
+            status, payload = await self.feedback.handle(header_dict(scope), await read_body(receive, MAX_BODY))
+            await _json(send, status, payload)
         elif path == "/v1/spendgate/events" and method == "POST":
             status, payload = await self.ingest.handle(header_dict(scope), await read_body(receive, MAX_BODY))
             await _json(send, status, payload)

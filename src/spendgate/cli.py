@@ -15,6 +15,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("spendgate.commands.keys", "create, list, rotate and revoke virtual keys on a running gateway"),
     "budgets": ("spendgate.commands.budgets", "budget status and burst grants on a running gateway"),
     "cache": ("spendgate.commands.cache", "response-cache status and flushes on a running gateway"),
+    "eval-router": ("spendgate.commands.eval_router", "score routing and cascade strategies on RouteLLM's eval data"),
+    "router": ("spendgate.commands.router", "train the learned routing check from your own outcomes"),
+    "policy": ("spendgate.commands.policy", "explain what a call would be routed to, and why"),
+    "routing": ("spendgate.commands.policy", "deployment health (cooling, in flight, latency) on a running gateway"),
 }
 
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from spendgate.cache.schema import CacheConfig
+from spendgate.routing.schema import RoutingConfig
 from spendgate.controls.schema import (
     AdminConfig,
     Budget,
@@ -107,6 +108,10 @@ class Deployment(Strict):
     connect_timeout_s: float = 10.0
     retries: int = 0  # extra attempts on 429/5xx/timeout/connection errors
     retry_max_wait_s: float = 10.0
+    # balancing (routing.strategy): share of calls, and the provider's limits to stay under
+    weight: float = Field(1.0, ge=0)
+    rpm: int | None = None  # requests per minute this deployment accepts
+    tpm: int | None = None  # tokens per minute (input bound + max output)
     # pricing
     price_model: str | None = None  # catalog model id, default `model`
     price_provider: str | None = None  # catalog provider id
@@ -204,6 +209,7 @@ class Config(Strict):
     caps: list[Cap] = Field(default_factory=list)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     prompt_cache: PromptCacheConfig = Field(default_factory=PromptCacheConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @field_validator("budgets", "rate_limits", "caps")
     @classmethod

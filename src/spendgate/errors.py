@@ -17,3 +17,16 @@ class GatewayError(Exception):
         self.message = message
         self.kind = kind
         self.param = param
+
+
+def json_object(raw: bytes, shape: str = "a JSON object") -> dict:  # type: ignore[type-arg]
+    """A request body that must be a JSON object, or the 400 that says why not."""
+    import orjson
+
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(400, f"The body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, f"The body must be {shape}.")
+    return body

@@ -31,6 +31,8 @@ class Attempt:
     model_used: str | None = None
     response_text: str | None = None
     recorded: bool = False  # its ledger event was written (exactly once)
+    wasted: bool = False  # a cascade step whose answer failed its checks (paid, then escalated)
+    buffered: bool = False  # a cascade step read whole (never streamed), whatever the client asked
 
 
 def attribute(ev: UsageEvent, call: Call) -> None:
@@ -40,6 +42,9 @@ def attribute(ev: UsageEvent, call: Call) -> None:
         ev.control_actions = ";".join(call.control_actions)
     if call.missing_tags:
         ev.missing_tags = ",".join(call.missing_tags)
+
+
+ROUTING = "routing"
 
 
 class Meter:
@@ -66,7 +71,7 @@ class Meter:
             model_requested=call.requested_model,
             model_used=model_used,
             route_reason=attempt.route_reason,
-            streamed=call.stream,
+            streamed=call.stream and not attempt.buffered,
             status=attempt.status,
             http_status=attempt.http_status,
             error_type=attempt.error_type,
@@ -91,6 +96,8 @@ class Meter:
             ev.price_status = "estimated" if priced.status == "priced" and attempt.usage_source == "estimated" else priced.status
             if uses_prompt_cache(u) and priced.status == "priced":
                 self._prompt_cache_saving(ev, dep, model_used, u)
+            if call.route_baseline is not None and priced.status == "priced" and attempt.status == "ok":
+                self._routing_saving(ev, call.route_baseline, u, attempt.wasted)
         else:
             ev.price_status = "priced"
             ev.price_source = "no-usage"
@@ -98,6 +105,22 @@ class Meter:
             ev.request_text = prompt_text
             ev.response_text = attempt.response_text
         return ev
+
+    def _routing_saving(self, ev: UsageEvent, baseline: Deployment, u: TokenUsage, wasted: bool) -> None:
+        """What routing saved against sending the call to the baseline ("always
+        flagship"): the same tokens at the baseline's price, minus the cost. A
+        cascade step that was paid for and then escalated saved minus its cost."""
+        if wasted:
+            saved = -ev.cost
+        elif baseline.name == ev.deployment:
+            return
+        else:
+            base = self.catalog.price(baseline.catalog_provider, baseline.price_model or baseline.model, u, baseline.name)
+            if base.status != "priced":
+                return
+            saved = base.cost - ev.cost
+        ev.saved += saved
+        ev.saved_by = f"{ev.saved_by},{ROUTING}" if ev.saved_by else ROUTING
 
     def _prompt_cache_saving(self, ev: UsageEvent, dep: Deployment, model: str, u: TokenUsage) -> None:
         """What the provider's prompt cache saved: the same call with every prompt

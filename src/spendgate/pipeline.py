@@ -40,7 +40,7 @@ class Call:
     prefix_hashes: list[str] = field(default_factory=list)
     # filled by the control stages
     requested_model: str = ""  # what the client asked for (model may be degraded)
-    route_reason: str = "direct"  # why `model` was chosen: direct | degrade
+    route_reason: str = "direct"  # why `model` was chosen: direct | policy | cascade | degrade
     max_tokens: int | None = None  # effective output cap (after caps and slowdown)
     input_tokens_estimate: int = 0
     missing_tags: list[str] = field(default_factory=list)
@@ -48,6 +48,13 @@ class Call:
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body_changed: bool = False  # raw_body no longer matches body
     candidates: list[Any] = field(default_factory=list)  # deployments in routing order (route stage)
+    # a cascade's steps, cheapest first, each its deployments in routing order
+    # (empty: one step, `candidates`); `candidates` then holds them all, flattened
+    route_steps: list[list[Any]] = field(default_factory=list)
+    route_target: Any = None  # the resolved target (routing.policy.Target)
+    route_tokens: int = 0  # the call's token bound as routing counts it toward deployments' tpm
+    context_only: list[set[str]] = field(default_factory=list)  # per step: deployments reached only after "prompt too long"
+    route_baseline: Any = None  # the deployment routing savings are measured against (None: not routed)
     deployment_name: str | None = None  # the first candidate's name, for scopes
     # filled by the cache stage
     cache_status: str = "bypass"  # miss | exact | semantic | bypass

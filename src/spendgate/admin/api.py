@@ -1,5 +1,5 @@
 """The admin HTTP API under `/admin/`: managed keys, burst grants, budget status,
-response-cache status and flushes.
+response-cache status and flushes, routing health.
 
 Only the admin key opens it (`Authorization: Bearer <admin key>` or
 `x-api-key`), compared in constant time; a virtual key never does. With no
@@ -33,7 +33,7 @@ from spendgate.config import TagRules
 from spendgate.controls.identify import KeyRing, presented_key
 from spendgate.controls.schema import AdminConfig, check_scope
 from spendgate.controls.tags import validate_tags
-from spendgate.errors import GatewayError
+from spendgate.errors import GatewayError, json_object
 from spendgate.keys.model import KeyCreate, KeyFields
 from spendgate.keys.store import KeyConflict, KeyNotFound, KeyStore
 from spendgate.keys.times import parse_duration, parse_when
@@ -82,6 +82,19 @@ class CacheAdmin(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+class RouterAdmin(Protocol):
+    """What the router offers the admin API (`routing.router.Router`)."""
+
+    @property
+    def health(self) -> Any: ...  # `routing.health.Health`: `snapshot()`
+
+    def models(self) -> list[str]: ...
+
+    def strategy(self, model: str) -> str: ...
+
+    def deployments_of(self, model: str) -> list[Any]: ...
+
+
 _FLUSH_FIELDS = {"scope": "scope", "feature": "feature", "prompt_template": "prompt_template", "prompt_version": "prompt_version", "model": "model", "policy": "policy"}
 
 
@@ -108,6 +121,7 @@ class AdminApi:
         self.keys = keys
         self.budgets = budgets  # set by the budget controls when they start
         self.cache: CacheAdmin | None = None  # set by the gateway
+        self.router: RouterAdmin | None = None  # set by the gateway
         self.key_env = key_env
         self.tag_rules = tag_rules or TagRules()
         self.clock = clock
@@ -189,6 +203,10 @@ class AdminApi:
                 return self._cache_flush(_body(raw))
             if parts[1:] in ([], ["flush"]):
                 return _not_allowed(method)
+        if parts == ["routing"]:
+            if method == "GET":
+                return 200, self._routing_status()
+            return _not_allowed(method)
         raise GatewayError(404, f"Unknown admin endpoint: {method} /admin/{'/'.join(parts)}")
 
     @property
@@ -270,6 +288,20 @@ class AdminApi:
         what = Invalidation(everything=everything, **{_FLUSH_FIELDS[k]: v for k, v in given.items()})
         return 200, {"flushed": admin.flush(what), "filter": {**given, "all": everything}}
 
+    # ---- routing (delegated) ------------------------------------------------------------
+
+    def _routing_status(self) -> dict[str, Any]:
+        """Each deployment's health (see `Health.snapshot`), and each public
+        model's balancing strategy and deployments."""
+        router = self.router
+        if router is None:
+            raise GatewayError(501, "Routing status is not available: this gateway runs no router.")
+        models = {
+            m: {"strategy": router.strategy(m), "deployments": [d.name for d in router.deployments_of(m)]}
+            for m in router.models()
+        }
+        return {"object": "routing.status", "deployments": router.health.snapshot(), "models": models}
+
     # ---- budgets (delegated) ------------------------------------------------------------
 
     def _budget_admin(self) -> BudgetAdmin:
@@ -342,13 +374,7 @@ def _body(raw: bytes, optional: bool = False) -> dict[str, Any]:
         if optional:
             return {}
         raise GatewayError(400, "The request needs a JSON object body.")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayError(400, f"The body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise GatewayError(400, "The body must be a JSON object.")
-    return body
+    return json_object(raw)
 
 
 def _error(status: int, message: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""A small client for a running gateway's admin API, for the `keys` and `budgets` commands.
+"""A small client for a running gateway's admin API, for the `keys`, `budgets`, `cache` and `routing` commands.
 
 Standard library only (`urllib.request`), so the CLI adds no dependency. Every
 failure becomes an `AdminError` whose message says what to do next.
@@ -62,6 +62,11 @@ class AdminClient:
                 f"cannot reach the gateway at {self.url} ({reason}). Is `spendgate serve` running there? "
                 "Point to it with --url or SPENDGATE_URL."
             ) from None
+
+    def routing_status(self) -> dict[str, Any]:
+        """`GET /admin/routing`: each deployment's health (state, cooldown left,
+        in flight, EWMA latency, recent failures, rpm/tpm use)."""
+        return self.request("GET", "routing")
 
     def _explain(self, status: int, message: str) -> str:
         if status == 401:

@@ -5,6 +5,28 @@ since <= ts_start < until by the dimensions in `by` and sums their usage and
 money. Money is summed in SQL with `dsum` (exact decimal text), and the total
 is computed by its own query over the same window, so `report.total.cost`
 equals both the sum of the rows and the ledger's own sum, digit for digit.
+
+Routing figures are per *request* (the attempts sharing a `request_id`; an
+event without one is its own request), not per event:
+
+- `distinct_requests`: requests with an event in the group;
+- `routed_requests`: requests the router resolved through the policy or a
+  cascade (an attempt whose route_reason is policy, cascade or
+  cascade-escalation);
+- `cascade_requests` / `escalated_requests`: requests routed through a cascade
+  (an attempt with route_reason cascade or cascade-escalation) / those of them
+  with a cascade-escalation attempt (a failed check, or a skipped cheap step);
+  `escalation_rate` = escalated / cascade requests (None when none);
+- `failover_requests`: requests with a failover attempt; `failover_rate` =
+  failover / distinct requests (None when none);
+- `routing_saved`: the exact sum of `saved` over the events whose `saved_by`
+  lists "routing" (what routing saved against the baseline deployment; a
+  cascade step paid for and then escalated counts minus its cost). An event
+  saved by the provider's prompt cache too carries both in its one `saved`.
+
+A request counts in every group one of its attempts falls in, with the flags
+of the whole request: grouped by model, the cheap model's row shows the share
+of its cascade requests that escalated.
 """
 
 from __future__ import annotations
@@ -60,8 +82,14 @@ METRICS = (
     "errors",
     "cache_hits",
     "cache_misses",
+    "distinct_requests",
+    "routed_requests",
+    "cascade_requests",
+    "escalated_requests",
+    "failover_requests",
+    "routing_saved",
 )
-MONEY = ("cost", "list_cost", "saved")
+MONEY = ("cost", "list_cost", "saved", "routing_saved")
 
 _METRICS_SQL = (
     "count(*), "
@@ -72,8 +100,47 @@ _METRICS_SQL = (
     "coalesce(dsum(cost), '0'), coalesce(dsum(list_cost), '0'), coalesce(dsum(saved), '0'), "
     "coalesce(sum(status = 'error'), 0), "
     "coalesce(sum(cache_status IN ('exact', 'semantic')), 0), "
-    "coalesce(sum(cache_status = 'miss' AND attempt = 1), 0)"
+    "coalesce(sum(cache_status = 'miss' AND attempt = 1), 0), "
+    # requests: the attempts sharing a request_id count once (an event without one stands alone)
+    "count(DISTINCT nullif(request_id, '')) + coalesce(sum(coalesce(request_id, '') = ''), 0), "
+    # FILTER: dsum's (Python) step runs only for the routed events
+    "coalesce(dsum(saved) FILTER (WHERE instr(',' || saved_by || ',', ',routing,')), '0')"
 )
+
+
+def _routing_sql(where: str, select: str | None = None, group: str = "") -> str:
+    """Requests routed, through a cascade, escalated, failed over: in all
+    (`select` None), or per group of the `select` expressions.
+
+    `r` holds one row per request with a routed, cascaded or failed-over
+    attempt in the window (none when routing did nothing); a group's events
+    are found from it through the request_id index. Parameters: the window,
+    then per group the dimensions' and the window again. (The names in `where`
+    and `select` are the events' own: `r`'s columns are named apart.)
+    """
+    cond = f"{where} AND" if where else " WHERE"
+    flags = (
+        "WITH r AS (SELECT request_id AS rid, "
+        "max(route_reason IN ('policy', 'cascade', 'cascade-escalation')) AS routed, "
+        "max(route_reason IN ('cascade', 'cascade-escalation')) AS cascaded, "
+        "max(route_reason = 'cascade-escalation') AS escalated, "
+        "max(route_reason = 'failover') AS failed_over "
+        f"FROM {TABLE}{cond} request_id != '' "
+        "AND route_reason IN ('policy', 'cascade', 'cascade-escalation', 'failover') GROUP BY 1) "
+    )
+    if select is None:
+        return flags + (
+            "SELECT coalesce(sum(routed), 0), coalesce(sum(cascaded), 0), "
+            "coalesce(sum(escalated), 0), coalesce(sum(failed_over), 0) FROM r"
+        )
+    return flags + (
+        f"SELECT {select}, "
+        "count(DISTINCT CASE WHEN r.routed THEN r.rid END), "
+        "count(DISTINCT CASE WHEN r.cascaded THEN r.rid END), "
+        "count(DISTINCT CASE WHEN r.escalated THEN r.rid END), "
+        "count(DISTINCT CASE WHEN r.failed_over THEN r.rid END) "
+        f"FROM r JOIN {TABLE} ON {TABLE}.request_id = r.rid{where}{group}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +196,12 @@ class ReportRow:
     errors: int = 0
     cache_hits: int = 0  # answered from the response cache
     cache_misses: int = 0  # cacheable calls that went upstream (first attempts)
+    distinct_requests: int = 0  # requests (attempts sharing a request_id count once)
+    routed_requests: int = 0  # resolved by the policy or a cascade
+    cascade_requests: int = 0  # routed through a cascade
+    escalated_requests: int = 0  # of those, escalated past a step
+    failover_requests: int = 0  # with a failover attempt
+    routing_saved: Decimal = Decimal(0)  # saved by routing against the baseline
 
     @property
     def hit_rate(self) -> Decimal | None:
@@ -136,9 +209,26 @@ class ReportRow:
         n = self.cache_hits + self.cache_misses
         return None if n == 0 else Decimal(self.cache_hits) / Decimal(n)
 
+    @property
+    def escalation_rate(self) -> Decimal | None:
+        """Escalated / cascade requests; None without cascade requests."""
+        n = self.cascade_requests
+        return None if n == 0 else Decimal(self.escalated_requests) / Decimal(n)
+
+    @property
+    def failover_rate(self) -> Decimal | None:
+        """Requests with a failover attempt / requests; None without requests."""
+        n = self.distinct_requests
+        return None if n == 0 else Decimal(self.failover_requests) / Decimal(n)
+
+    @property
+    def shows_routing(self) -> bool:
+        """Whether routing did anything here (the table then shows its columns)."""
+        return bool(self.routed_requests or self.failover_requests or self.routing_saved)
+
     @classmethod
     def from_sql(cls, group: dict[str, Any], values: Sequence[Any]) -> "ReportRow":
-        n, inp, out, cr, cw, cost, list_cost, saved, errors, hits, misses = values
+        n, inp, out, cr, cw, cost, list_cost, saved, errors, hits, misses, distinct, routing_saved = values
         return cls(
             group=group,
             requests=int(n),
@@ -152,7 +242,20 @@ class ReportRow:
             errors=int(errors),
             cache_hits=int(hits),
             cache_misses=int(misses),
+            distinct_requests=int(distinct),
+            routing_saved=Decimal(routing_saved),
         )
+
+    def set_routing(self, values: Sequence[Any]) -> None:
+        """The per-request routing counts (`_routing_sql`'s columns)."""
+        routed, cascaded, escalated, failed_over = values
+        self.routed_requests = int(routed)
+        self.cascade_requests = int(cascaded)
+        self.escalated_requests = int(escalated)
+        self.failover_requests = int(failed_over)
+
+    def routing_counts(self) -> tuple[int, int, int, int]:
+        return (self.routed_requests, self.cascade_requests, self.escalated_requests, self.failover_requests)
 
     def metrics(self) -> dict[str, Any]:
         return {m: getattr(self, m) for m in METRICS}
@@ -202,6 +305,9 @@ class Report:
                 out[name] = _plain(value) if name in MONEY else value
             rate = r.hit_rate
             out["cache_hit_rate"] = None if rate is None else float(round(rate, 4))
+            for name in ("escalation_rate", "failover_rate"):
+                rate = getattr(r, name)
+                out[name] = None if rate is None else float(round(rate, 4))
             return out
 
         return {
@@ -233,6 +339,7 @@ def build_report(
 
     total_row = store.query(f"SELECT {_METRICS_SQL} FROM {TABLE}{where}", window)[0]
     total = ReportRow.from_sql({}, total_row)
+    total.set_routing(store.query(_routing_sql(where), window)[0])
 
     rows: list[ReportRow] = []
     if dims:
@@ -242,8 +349,16 @@ def build_report(
         sql = f"SELECT {select}, {_METRICS_SQL} FROM {TABLE}{where} GROUP BY {group}"
         for r in store.query(sql, params):
             rows.append(ReportRow.from_sql(dict(zip(by, r[: len(dims)])), r[len(dims) :]))
+        if total.routed_requests or total.failover_requests:
+            by_group = {tuple(r.group.values()): r for r in rows}
+            routing = _routing_sql(where, select, f" GROUP BY {group}")
+            for r in store.query(routing, window + params):
+                row = by_group.get(tuple(r[: len(dims)]))
+                if row is not None:  # always found: the same expressions over a subset of the events
+                    row.set_routing(r[len(dims) :])
     elif total.requests:
         rows.append(ReportRow.from_sql({}, total_row))
+        rows[0].set_routing(total.routing_counts())
     # copy_negate, not unary minus: minus rounds to the context's 28 digits
     rows.sort(key=lambda r: (r.cost.copy_negate(), -r.requests, [_sort_key(v) for v in r.group.values()]))
 
@@ -317,6 +432,10 @@ _HEADERS = {
     "list_cost": "list cost",
     "saved": "saved",
     "cache_hits": "cache hits",
+    "routed_requests": "routed",
+    "escalation_rate": "escalated",
+    "failover_rate": "failed over",
+    "routing_saved": "routing saved",
 }
 _TABLE_METRICS = (
     "requests",
@@ -330,18 +449,33 @@ _TABLE_METRICS = (
     "saved",
     "cache_hits",
 )
+# shown only when routing did something in the window (the table is unchanged otherwise)
+_ROUTING_TABLE_METRICS = ("routed_requests", "escalation_rate", "failover_rate", "routing_saved")
+_RATES = ("escalation_rate", "failover_rate")
 
 
-def _cells(report: Report, row: ReportRow, places: dict[str, int], label: str | None = None) -> list[str]:
+def _table_metrics(report: Report) -> tuple[str, ...]:
+    return _TABLE_METRICS + _ROUTING_TABLE_METRICS if report.total.shows_routing else _TABLE_METRICS
+
+
+def _rate(value: Decimal | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _cells(
+    report: Report, row: ReportRow, places: dict[str, int], label: str | None = None, metrics: Sequence[str] = _TABLE_METRICS
+) -> list[str]:
     if label is not None:
         groups = [label] + [""] * (len(report.by) - 1) if report.by else [label]
     else:
         groups = [report.label(d, row.group.get(d)) for d in report.by]
-    metrics = [
-        format_money(getattr(row, m), places[m]) if m in MONEY else _count(getattr(row, m))
-        for m in _TABLE_METRICS
-    ]
-    return groups + metrics
+    cells = [
+        format_money(getattr(row, m), places[m]) if m in MONEY
+        else _rate(getattr(row, m)) if m in _RATES
+        else _count(getattr(row, m))
+        for m in metrics
+    ]  # fmt: skip
+    return groups + cells
 
 
 def render_table(report: Report) -> str:
@@ -353,12 +487,13 @@ def render_table(report: Report) -> str:
     window = f"{format_time(report.since) or 'the beginning'} .. {format_time(report.until) or 'now'}"
     lines = [f"spend by {', '.join(report.by) or '(everything)'}, {window}", ""]
 
-    headers = (list(report.by) if report.by else ["all"]) + [_HEADERS[m] for m in _TABLE_METRICS]
+    metrics = _table_metrics(report)
+    headers = (list(report.by) if report.by else ["all"]) + [_HEADERS[m] for m in metrics]
     places = {m: max(money_decimals(getattr(r, m)) for r in [report.total, *report.rows]) for m in MONEY}
-    body = [_cells(report, r, places, None if report.by else "all") for r in report.rows]
-    total = _cells(report, report.total, places, "TOTAL")
+    body = [_cells(report, r, places, None if report.by else "all", metrics) for r in report.rows]
+    total = _cells(report, report.total, places, "TOTAL", metrics)
     widths = [max(len(row[i]) for row in [headers, *body, total]) for i in range(len(headers))]
-    ngroups = len(headers) - len(_TABLE_METRICS)
+    ngroups = len(headers) - len(metrics)
 
     def fmt(cells: list[str]) -> str:
         out = [c.ljust(w) if i < ngroups else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
@@ -372,6 +507,8 @@ def render_table(report: Report) -> str:
         lines.append("(no events in this window)")
     lines.append("  ".join("=" * w for w in widths))
     lines.append(fmt(total))
+    if report.total.shows_routing:
+        lines += ["", _routing_summary(report.total)]
 
     if report.missing_prices:
         events = sum(m.events for m in report.missing_prices)
@@ -398,6 +535,19 @@ def render_table(report: Report) -> str:
                 f"({_count(u.requests)} requests, {share:.1f}% of spend)"
             )
     return "\n".join(lines) + "\n"
+
+
+def _routing_summary(t: ReportRow) -> str:
+    """The routing figures of the whole window, in words."""
+    escalation = (
+        f"{_rate(t.escalation_rate)} escalated ({_count(t.escalated_requests)} of {_count(t.cascade_requests)} cascade requests)"
+        if t.cascade_requests else "no cascade requests"
+    )  # fmt: skip
+    return (
+        f"routing: {_count(t.routed_requests)} of {_count(t.distinct_requests)} requests routed by policy or cascade; "
+        f"{escalation}; {_rate(t.failover_rate)} failed over ({_count(t.failover_requests)} requests); "
+        f"saved {format_money(t.routing_saved)} against the baseline"
+    )
 
 
 def render_csv(report: Report) -> str:

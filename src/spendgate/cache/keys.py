@@ -41,9 +41,13 @@ def _head(call: Call, policy: str) -> list[Any]:
     """What besides the body decides the answer: the policy (an answer stored under a
     long-lived policy must not serve a call a short-lived one covers), the format and
     model asked for, the prompt template and version, and Anthropic's forwarded
-    headers (`anthropic-beta` turns on features such as longer contexts)."""
+    headers (`anthropic-beta` turns on features such as longer contexts). An alias
+    (`auto`) counts with what it resolved to: two features' `auto` are different asks."""
     tags, headers = call.tags, call.headers
-    head = [policy, call.wire, call.endpoint, call.requested_model, tags.get("prompt_template"), tags.get("prompt_version")]
+    asked = call.requested_model
+    if call.route_target is not None and call.route_target.label != asked:
+        asked = f"{asked}>{call.route_target.label}"
+    head = [policy, call.wire, call.endpoint, asked, tags.get("prompt_template"), tags.get("prompt_version")]
     if call.wire == "anthropic":
         head += [headers.get("anthropic-beta"), headers.get("anthropic-version")]
     return head

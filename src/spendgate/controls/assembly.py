@@ -18,7 +18,7 @@ from spendgate.controls.ratelimits import RateLimitStage
 from spendgate.controls.required_tags import RequiredTagsStage
 from spendgate.controls.tokens import load_tokenizers
 from spendgate.ledger.store import LedgerStore
-from spendgate.pipeline import Stage
+from spendgate.pipeline import Call, Stage
 from spendgate.pricing.catalog import PriceCatalog
 from spendgate.routing.router import RouteStage
 from spendgate.state.durable import DurableCounterStore, StateDB
@@ -53,7 +53,9 @@ class Controls:
         )
         # the response cache runs between the two: after the checks that shape
         # the request, before the stages that count and reserve (a hit spends nothing)
-        self.admission: list[Stage] = [RequiredTagsStage(config.required_tags), CapStage(config.caps, caps_for=keys.caps_for)]
+        self.required_tags = RequiredTagsStage(config.required_tags)
+        self.caps = CapStage(config.caps, caps_for=keys.caps_for)
+        self.admission: list[Stage] = [Admission(self.required_tags, self.caps)]
         self.spending: list[Stage] = [self.ratelimits, self.budgets]
         self.stages: list[Stage] = [*self.admission, *self.spending]
 
@@ -70,3 +72,16 @@ class Controls:
         await self.budgets.close()
         await self.ratelimits.close()
         await self.counters.close()
+
+
+class Admission:
+    """Stage: required tags, then caps. One stage rather than two: both only
+    look at the request, and every stage costs a coroutine per call."""
+
+    def __init__(self, required_tags: RequiredTagsStage, caps: CapStage) -> None:
+        self.required_tags = required_tags
+        self.caps = caps
+
+    async def __call__(self, call: Call) -> None:
+        self.required_tags.check(call)
+        self.caps.apply(call)

@@ -28,8 +28,9 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal
-from typing import Any, Protocol
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Context, Decimal
+from functools import partial
+from typing import Any, NamedTuple, Protocol, cast
 from zoneinfo import ZoneInfo
 
 from spendgate import housekeeping
@@ -39,20 +40,24 @@ from spendgate.controls.grants import BurstGrants, GrantStore
 from spendgate.controls.rebuild import ledger_spend
 from spendgate.controls.schema import Budget, SlowdownStep
 from spendgate.controls.scope import ANY, Scope, instance_name
-from spendgate.controls.slowdown import Decision, decide, in_force, label
+from spendgate.controls.slowdown import HUNDRED, Decision, decide, in_force, label
+from spendgate.controls.unit_prices import UnitPrices
 from spendgate.controls.windows import Placement, RollingClock, iso_in, window_clock
 from spendgate.errors import GatewayError
 from spendgate.ledger.store import LedgerStore
 from spendgate.pipeline import Call
 from spendgate.pricing.catalog import PriceCatalog
 from spendgate.routing.router import RouteStage
-from spendgate.state.store import Charge, CounterStore
+from spendgate.state.store import Charge, CounterStore, in_process_ops, new_charge
 
 log = logging.getLogger("spendgate.budgets")
 
 ZERO = Decimal(0)
 MICRO = Decimal("0.000001")
 HEADER_PLACES = Decimal("0.000001")
+# `d.quantize(places, rounding=ROUND_DOWN)` in the default context, without building
+# a context per call (spendgate never changes the thread's decimal context)
+_quantize_down = Context(rounding=ROUND_DOWN).quantize
 UTC = ZoneInfo("UTC")
 
 
@@ -82,7 +87,7 @@ class CompiledBudget:
     """A `Budget` made cheap to evaluate per call: scope compiled, window clock
     built, counter prefixes and placements cached per instance."""
 
-    __slots__ = ("budget", "name", "name_b", "limit", "scope", "dims", "clock", "steps", "allow_unpriced", "signature", "fixed", "instances", "_prefix")
+    __slots__ = ("budget", "name", "name_b", "limit", "scope", "dims", "clock", "steps", "first_step", "allow_unpriced", "signature", "fixed", "instances", "_prefix")
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
@@ -93,6 +98,8 @@ class CompiledBudget:
         self.dims = sorted(budget.scope.items())
         self.clock = window_clock(budget.window)
         self.steps: tuple[SlowdownStep, ...] = tuple(budget.slowdown)
+        # the lowest step's `at × limit` (baseline limit): a call below it needs no `decide`
+        self.first_step = self.steps[0].at * self.limit if self.steps else None
         self.allow_unpriced = budget.on_missing_price == "allow"
         self.signature = signature(budget)
         self.fixed = None if any(v == ANY for v in budget.scope.values()) else instance_name(budget.scope)
@@ -121,17 +128,18 @@ def signature(b: Budget) -> str:
     return f"{b.name}|{w.period or w.rolling}|{w.timezone}|{sorted(b.scope.items())}"
 
 
-class _State:
-    """One covering budget instance during one call."""
+class _State(NamedTuple):
+    """One covering budget instance during one call (built with `_new_state`)."""
 
-    __slots__ = ("cb", "inst", "p", "limit", "used")
+    cb: CompiledBudget
+    inst: _Instance
+    p: Placement
+    limit: Decimal
+    used: Any  # settled + reserved before this call (Decimal, or int 0)
 
-    def __init__(self, cb: CompiledBudget, inst: _Instance, p: Placement, limit: Decimal, used: Decimal) -> None:
-        self.cb = cb
-        self.inst = inst
-        self.p = p
-        self.limit = limit
-        self.used = used
+
+# `_State(cb, inst, p, limit, used)` without a named tuple's Python-level __new__ (one per budget per call)
+_new_state = cast(Callable[[tuple[CompiledBudget, _Instance, Placement, Decimal, Any]], _State], partial(tuple.__new__, _State))
 
 
 class BudgetStage:
@@ -150,9 +158,13 @@ class BudgetStage:
         expire_interval_s: float = 2.0,
     ) -> None:
         self.catalog = catalog
+        self.prices = UnitPrices(catalog)  # the catalog's worst-case prices, per-call work cut (exact)
         self.store = store
         # an in-process store (memory, durable) reads usage without a coroutine
         self._used_now: Callable[[tuple[str, ...]], Any] | None = getattr(store, "used_now", None)
+        # ... and, for the stores of this package (not subclasses, which may wrap
+        # the async contract), reserves and settles without a coroutine
+        self._reserve_now, self._settle_now = in_process_ops(store)
         self.route = route
         self.keys = key_budgets
         self.clock = clock
@@ -248,34 +260,45 @@ class BudgetStage:
             return
         now = self.clock()
         if self._ledger is not None:
+            seeded = self._seeded
             for cb, _ in covering:
-                if cb.signature not in self._seeded:
+                if cb.signature not in seeded:
                     await self._seed_late(cb, now)
         set_to = wc.ensure_max_tokens(call, self.default_max_tokens)
         if set_to is not None:
             call.control_actions.append(f"default_max_tokens:{set_to}")
-        states = await self._slowdown(call, covering, now)
-        amount = wc.worst_case(call, self.catalog)
+        used_now = self._used_now
+        if used_now is not None:  # an in-process store: no coroutine unless a step reroutes the call
+            model = call.model
+            states = self._states_now(call, covering, now, used_now)
+            if call.model != model:
+                states = await self._rerouted(call, states, now)
+        else:
+            states = await self._slowdown(call, covering, now)
+        amount = wc.worst_case(call, self.catalog, self.prices, _stated(call))
         if amount is None:
             amount = self._unpriced(call, states)
         charges = _charges(states, amount)
-        refusal = await self.store.reserve(call.request_id, charges, now, self.ttl_s)
+        reserve_now = self._reserve_now
+        rid = call.request_id
+        refusal = reserve_now(rid, charges, now, self.ttl_s) if reserve_now is not None else await self.store.reserve(rid, charges, now, self.ttl_s)
         if refusal is not None and amount and wc.tighten_input(call):
             # the cheap input bound decided it: try once more with the tokenizer's count
-            tighter = wc.worst_case(call, self.catalog)
+            tighter = wc.worst_case(call, self.catalog, self.prices, _stated(call))
             if tighter is not None and tighter < amount:
                 amount = tighter
                 charges = _charges(states, amount)
-                refusal = await self.store.reserve(call.request_id, charges, now, self.ttl_s)
+                refusal = await self.store.reserve(rid, charges, now, self.ttl_s)
         if refusal is not None:
             st = next(s for s in states if s.p.counter == refusal.charge.counter)
             if isinstance(st.cb.clock, RollingClock):
-                st.p = await self._rolling_room(st, refusal.used, amount, now)
+                st = st._replace(p=await self._rolling_room(st, refusal.used, amount, now))
             self._refuse(call, st, refusal.used, amount, now)
-        call.on_finish(self._finisher([c.counter for c in charges]))
+        call.on_finish(self._finisher(charges))
         tight = states[0]
         room = tight.limit - tight.used
-        for st in states:  # the first budget with the least room (as min() picks it)
+        for i in range(1, len(states)):  # the first budget with the least room (as min() picks it)
+            st = states[i]
             r = st.limit - st.used
             if r < room:
                 tight, room = st, r
@@ -283,8 +306,25 @@ class BudgetStage:
         h.append((b"x-spendgate-budget-name", tight.cb.name_b))
         h.append((b"x-spendgate-budget-remaining", _header_money(room - amount)))
 
-    def _finisher(self, counters: list[str]) -> Callable[[Call], Awaitable[None]]:
+    def _finisher(self, charges: tuple[Charge, ...]) -> Callable[[Call], Awaitable[None]]:
+        """Settle every budget to the call's cost when it ends (release: nothing spent).
+        With an in-process store, without a coroutine per store operation."""
         store, clock = self.store, self.clock
+        counters = []
+        for c in charges:
+            counters.append(c.counter)
+        sync = self._settle_now
+        if sync is not None:
+            settle_now, release_now = sync
+
+            async def settle_in_process(call: Call) -> None:
+                cost = call.cost
+                if cost:
+                    settle_now(call.request_id, dict.fromkeys(counters, cost), clock())
+                else:
+                    release_now(call.request_id)
+
+            return settle_in_process
 
         async def settle(call: Call) -> None:
             cost = call.cost
@@ -302,32 +342,62 @@ class BudgetStage:
         p = cb.place(inst, now)
         extra = self.grants.extra(cb.name, inst_name, now)
         u = await self.store.usage(p.check)
-        return _State(cb, inst, p, cb.limit + extra if extra else cb.limit, u.settled + u.reserved)  # type: ignore[arg-type]
+        return _new_state((cb, inst, p, cb.limit + extra if extra else cb.limit, u.settled + u.reserved))
 
     def _state_now(self, cb: CompiledBudget, inst_name: str, now: float, used_now: Callable[[tuple[str, ...]], Any]) -> _State:
         """`_state` for a store in this process: its usage read without a coroutine."""
         inst = cb.instance(inst_name)
         p = cb.place(inst, now)
         extra = self.grants.extra(cb.name, inst_name, now)
-        return _State(cb, inst, p, cb.limit + extra if extra else cb.limit, used_now(p.check))
+        return _new_state((cb, inst, p, cb.limit + extra if extra else cb.limit, used_now(p.check)))
+
+    def _states_now(self, call: Call, covering: list[tuple[CompiledBudget, str]], now: float, used_now: Callable[[tuple[str, ...]], Any]) -> list[_State]:
+        """Each covering budget's state read from an in-process store, its slowdown
+        steps decided and applied (the first pass of `_slowdown`, without a coroutine)."""
+        grants = self.grants
+        bursts = grants.any
+        states = []
+        for cb, name in covering:
+            inst = cb.instances.get(name)
+            if inst is None:
+                inst = cb.instance(name)
+            p = inst.placement
+            if p is None or not (p.valid_from <= now < p.valid_until):
+                p = cb.place(inst, now)
+            more = grants.extra(cb.name, name, now) if bursts else None
+            states.append(_new_state((cb, inst, p, cb.limit + more if more else cb.limit, used_now(p.check))))
+        for st in states:  # every state read before any step acts (a refusal leaves them all known)
+            cb = st.cb
+            if cb.steps:
+                first = cb.first_step if st.limit is cb.limit else cb.steps[0].at * st.limit  # (bursts raise the limit)
+                if st.used * HUNDRED >= first:  # the lowest step is reached (`decide` checks that too)
+                    d = decide(cb.steps, st.used, st.limit, call)
+                    if d is not None:
+                        self._apply(call, st, d, now)
+        return states
 
     async def _slowdown(self, call: Call, covering: list[tuple[CompiledBudget, str]], now: float) -> list[_State]:
         """Evaluate every covering budget's steps. A `route` changes the model,
         which may change which budgets cover the call: then evaluate again
         (bounded), each budget instance once."""
         used_now = self._used_now
+        model = call.model
         if used_now is not None:
-            states = [self._state_now(cb, inst, now, used_now) for cb, inst in covering]
+            states = self._states_now(call, covering, now, used_now)
         else:
             states = [await self._state(cb, inst, now) for cb, inst in covering]
-        model = call.model
-        for st in states:
-            if st.cb.steps:
-                d = decide(st.cb.steps, st.used, st.limit, call)
-                if d is not None:
-                    self._apply(call, st, d, now)
+            for st in states:
+                if st.cb.steps:
+                    d = decide(st.cb.steps, st.used, st.limit, call)
+                    if d is not None:
+                        self._apply(call, st, d, now)
         if call.model == model:
             return states
+        return await self._rerouted(call, states, now)
+
+    async def _rerouted(self, call: Call, states: list[_State], now: float) -> list[_State]:
+        """A step routed the call to another model: the budgets covering it now,
+        each new one's steps evaluated (again at most twice), each instance once."""
         seen = {(id(st.cb), st.inst.name): st for st in states}
         for _ in range(2):
             model = call.model
@@ -494,6 +564,7 @@ class BudgetStage:
             for name in sorted(names):
                 st = await self._state(cb, name, now)
                 u = await self.store.usage(st.p.check)
+                st = st._replace(used=u.settled + u.reserved)  # summed here, as the figures shown
                 step = in_force(cb.steps, st.used, st.limit)
                 tz = cb.clock.tz
                 rows.append(
@@ -564,8 +635,20 @@ class BudgetStage:
         }
 
 
-def _charges(states: list[_State], amount: Decimal) -> list[Charge]:
-    return [Charge(st.p.counter, amount, st.limit, st.p.check, st.p.expires_at, st.p.resets_at, st.inst.label) for st in states]
+def _stated(call: Call) -> int | None:
+    """`call.max_tokens` where it is `max_tokens(call)`: right after `ensure_max_tokens`
+    (and any slowdown cap, which keeps the two equal), when positive."""
+    bound = call.max_tokens
+    return bound if bound is not None and bound > 0 else None
+
+
+def _charges(states: list[_State], amount: Decimal) -> tuple[Charge, ...]:
+    """A tuple: the store keeps it as it is (`tuple()` of a tuple copies nothing)."""
+    out = []
+    for st in states:
+        p = st.p
+        out.append(new_charge((p.counter, amount, st.limit, p.check, p.expires_at, p.resets_at, st.inst.label)))
+    return tuple(out)
 
 
 # ---- formatting --------------------------------------------------------------------------------
@@ -594,7 +677,8 @@ def _plain(amount: Any) -> Decimal:
 
 def _header_money(amount: Any) -> bytes:
     d = amount if type(amount) is Decimal else Decimal(amount)
-    return format(d.quantize(HEADER_PLACES, rounding=ROUND_DOWN), "f").encode()
+    # str() of a value with exponent -6 is its plain notation (what format(…, "f") gives), sooner
+    return str(_quantize_down(d, HEADER_PLACES)).encode()
 
 
 def _ratio(used: Any, limit: Decimal) -> str:

@@ -55,11 +55,19 @@ class CapStage:
         return scope
 
     async def __call__(self, call: Call) -> None:
+        self.apply(call)
+
+    def apply(self, call: Call) -> None:
+        """The stage's work, without a coroutine (`assembly.Admission` runs it after the required tags)."""
         matching = self._matching(call)
         if not matching:
             return
         if call.endpoint != "embeddings":
-            _cap_output(call, [m for m in matching if m[0].max_tokens is not None])
+            output = []  # a loop, not a comprehension: in 3.11 that is one more call per request
+            for m in matching:
+                if m[0].max_tokens is not None:
+                    output.append(m)
+            _cap_output(call, output)
         for cap, inst in matching:
             if cap.max_input_tokens is not None:
                 _check_input(call, cap, inst)

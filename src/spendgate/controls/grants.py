@@ -37,6 +37,7 @@ class BurstGrants:
     def __init__(self, store: GrantStore | None = None) -> None:
         self.store = store
         self._by_instance: dict[str, tuple[GrantRow, ...]] = {}
+        self.any = False  # whether any grant is indexed: callers skip `extra` when none is
 
     def load(self, now: float) -> int:
         """Read the grants that have not ended yet (blocking; at start-up)."""
@@ -51,6 +52,7 @@ class BurstGrants:
         for g in grants:
             by.setdefault(g.instance, []).append(g)
         self._by_instance = {k: tuple(v) for k, v in by.items()}
+        self.any = bool(self._by_instance)
 
     @staticmethod
     def new(budget: str | None, instance: str, amount: Decimal, until: float, reason: str, now: float | None = None) -> GrantRow:
@@ -68,6 +70,7 @@ class BurstGrants:
         by = dict(self._by_instance)
         by[grant.instance] = (*by.get(grant.instance, ()), grant)
         self._by_instance = by
+        self.any = True
 
     def extra(self, budget: str, instance: str, now: float) -> Decimal:
         """Σ of the grants active at `now` for this budget instance."""

@@ -21,6 +21,7 @@ from spendgate.keys.controls import KeyBudgets, ModelRule
 from spendgate.keys.times import iso
 from spendgate.keys.store import KeyStore
 from spendgate.pipeline import Call
+from spendgate.routing.policy import is_alias
 from spendgate.wire import anthropic as anthropic_wire
 from spendgate.wire import openai as openai_wire
 
@@ -152,7 +153,8 @@ class Identify:
         key = self.keys.authenticate(presented_key(call.headers))
         call.key = key
         call.key_id = key.id if key else ANY_KEY_ID
-        check_model(key, call.model)
+        if not is_alias(call.model):  # an alias is checked on what it resolves to (routing)
+            check_model(key, call.model)
         # Body metadata is the client's own OpenAI/Anthropic data: keys that are
         # not valid tag names are simply not tags. Headers are spendgate's API:
         # a bad one is a clear 400.

@@ -21,9 +21,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from spendgate import housekeeping
 from spendgate.controls.schema import RateLimit
@@ -32,7 +33,7 @@ from spendgate.controls.tokens import count_input_tokens, estimate_input_tokens
 from spendgate.controls.worst_case import LEGACY_COMPLETIONS_DEFAULT, choices, max_tokens
 from spendgate.errors import GatewayError
 from spendgate.pipeline import Call
-from spendgate.state.store import Charge, CounterStore, Refusal
+from spendgate.state.store import Charge, Checked, CounterStore, Refusal, in_process_ops, new_charge
 
 log = logging.getLogger("spendgate.ratelimits")
 
@@ -69,8 +70,12 @@ class RateLimitStage:
         default_max_tokens: int = 4096,
         expire_interval_s: float = 5.0,
     ) -> None:
-        self.limits = [(limit, Scope(limit.scope)) for limit in limits if _limits_something(limit)]
+        # per configured limit: its scope, and its compiled instances (by name) for [interactive, batch] calls
+        self.limits: list[tuple[RateLimit, Scope, tuple[dict[str, _Compiled], dict[str, _Compiled]]]] = [
+            (limit, Scope(limit.scope), ({}, {})) for limit in limits if _limits_something(limit)
+        ]
         self.store = store
+        self._reserve_now, self._settle_now = in_process_ops(store)  # the same operations, without a coroutine
         self.rate_limits_for = rate_limits_for
         self.clock = clock
         self.ttl_s = reservation_ttl_s
@@ -97,10 +102,11 @@ class RateLimitStage:
 
     def _covering(self, call: Call, batch: bool) -> list[_Compiled]:
         found = []
-        for limit, scope in self.limits:
+        for limit, scope, compiled in self.limits:
             inst = scope.instance(call)
             if inst is not None:
-                found.append(self._compile(limit, inst, batch))
+                comp = compiled[batch].get(inst)
+                found.append(comp if comp is not None else self._compile_config(limit, compiled[batch], inst, batch))
         if self.rate_limits_for is not None:
             for limit in self.rate_limits_for(call):
                 if _limits_something(limit):
@@ -108,6 +114,14 @@ class RateLimitStage:
                     if inst is not None:
                         found.append(self._compile(limit, inst, batch))
         return found
+
+    @staticmethod
+    def _compile_config(limit: RateLimit, compiled: dict[str, _Compiled], inst: str, batch: bool) -> _Compiled:
+        """A configured limit's instance, remembered per limit (by instance name)."""
+        if len(compiled) >= _Compiled.MAX:
+            compiled.clear()  # many instances: start over (rebuilt on demand)
+        comp = compiled[inst] = _Compiled(limit, inst, batch)
+        return comp
 
     def _compile(self, limit: RateLimit, inst: str, batch: bool) -> _Compiled:
         key = (id(limit), inst, batch)
@@ -141,29 +155,35 @@ class RateLimitStage:
             if comp.has_tpm:
                 tokens = estimate_input_tokens(call) + self._output_tokens(call)
                 break
-        charges, rules = self._charges(covering, now, tokens)
+        charges, settle, tpm_counters = _charges(covering, now, tokens)
         rid = call.request_id + "/rl"  # `<request_id>/<holder>`: the durable store maps it back to the call
-        refusal = await self.store.reserve(rid, charges, now, self.ttl_s)
-        if refusal is not None and _rule_of(refusal, charges, rules).kind == "tpm":
+        reserve_now = self._reserve_now
+        refusal = reserve_now(rid, charges, now, self.ttl_s) if reserve_now is not None else await self.store.reserve(rid, charges, now, self.ttl_s)
+        if refusal is not None and _rule_of(refusal, charges, covering).kind == "tpm":
             exact = count_input_tokens(call) + self._output_tokens(call)
             if exact < tokens:  # the byte bound decided it: try again with the real count
                 tokens = exact
-                charges, rules = self._charges(covering, now, tokens)
+                charges, settle, tpm_counters = _charges(covering, now, tokens)
                 refusal = await self.store.reserve(rid, charges, now, self.ttl_s)
         if refusal is not None:
-            raise await self._refuse(call, refusal, _rule_of(refusal, charges, rules), now)
+            raise await self._refuse(call, refusal, _rule_of(refusal, charges, covering), now)
         # at finish: requests stay counted, tokens settle to what was billed, slots are freed
-        settle: dict[str, int] = {}
-        tpm_counters = []
-        for c, r in zip(charges, rules):
-            kind = r.kind
-            if kind == "concurrency":
-                settle[c.counter] = 0
-            else:
-                settle[c.counter] = c.amount  # type: ignore[assignment]
-                if kind == "tpm":
-                    tpm_counters.append(c.counter)
+        call.on_finish(self._finisher(rid, settle, tpm_counters))
+
+    def _finisher(self, rid: str, settle: dict[str, int], tpm_counters: list[str]) -> Callable[[Call], Awaitable[None]]:
         store, clock = self.store, self.clock
+        sync = self._settle_now
+        if sync is not None:
+            settle_now = sync[0]
+
+            async def finish_in_process(call: Call) -> None:
+                if tpm_counters:
+                    used = call.input_tokens + call.output_tokens
+                    for counter in tpm_counters:
+                        settle[counter] = used
+                settle_now(rid, settle, clock())
+
+            return finish_in_process
 
         async def finish(call: Call) -> None:
             if tpm_counters:
@@ -172,23 +192,7 @@ class RateLimitStage:
                     settle[counter] = used
             await store.settle(rid, settle, clock())
 
-        call.on_finish(finish)
-
-    def _charges(self, covering: list[_Compiled], now: float, tokens: int) -> tuple[list[Charge], list[_Rule]]:
-        slot = int(now // SLOT_S)
-        window_end = float((slot + 1) * SLOT_S)
-        expires = window_end + WINDOW_SLOTS * SLOT_S  # once the slot has left every window
-        charges: list[Charge] = []
-        rules: list[_Rule] = []
-        for comp in covering:
-            label = comp.label
-            for kind, allowed, rule, counter, check in comp.at(slot):
-                if kind == "concurrency":
-                    charges.append(Charge(counter, 1, allowed, (), 0.0, now + 1, label))
-                else:
-                    charges.append(Charge(counter, tokens if kind == "tpm" else 1, allowed, check, expires, window_end, label))
-                rules.append(rule)
-        return charges, rules
+        return finish
 
     def _output_tokens(self, call: Call) -> int:
         """The most output the call may be billed for: its stated bound (or the default the
@@ -254,7 +258,7 @@ class RateLimitStage:
 
 class _Compiled:
     """One limit for one scope instance (batch calls or not), built once: its
-    rules, its refusal label, and its counter names for the current slot.
+    rules, its refusal label, and what its charges look like in the current slot.
 
     The names of an instance's current slot and of its window (the slots
     checked) change once per slot (5 s), not per call, so they are built once
@@ -263,7 +267,7 @@ class _Compiled:
 
     MAX = 100_000  # instances remembered; beyond, start over (rebuilt on demand)
 
-    __slots__ = ("label", "has_tpm", "_parts", "_slot", "_names")
+    __slots__ = ("label", "has_tpm", "rules", "_parts", "_slot", "_plan")
 
     def __init__(self, limit: RateLimit, inst: str, batch: bool) -> None:
         base = f"rl:{limit.name}:{inst}:"
@@ -275,26 +279,84 @@ class _Compiled:
             allowed = _share(value, limit.batch_share) if batch else value
             parts.append((kind, allowed, _Rule(limit, inst, kind, allowed, batch), base + ("inflight" if kind == "concurrency" else kind)))
         self._parts = tuple(parts)
+        self.rules = tuple(rule for _, _, rule, _ in parts)  # in the order of the charges
         self.has_tpm = limit.tpm is not None
         self._slot: int | None = None
-        self._names: tuple[tuple[str, int, _Rule, str, tuple[str, ...]], ...] = ()
+        self._plan: _Plan | None = None
 
-    def at(self, slot: int) -> tuple[tuple[str, int, _Rule, str, tuple[str, ...]], ...]:
-        """(kind, allowed, rule, counter, checked counters) per limited quantity, in the current slot."""
-        if slot != self._slot:
-            names = []
-            for kind, allowed, rule, name in self._parts:
-                if kind == "concurrency":
-                    names.append((kind, allowed, rule, name, ()))
-                else:
-                    check = tuple(f"{name}:{s}" for s in range(slot - WINDOW_SLOTS, slot + 1))
-                    names.append((kind, allowed, rule, check[-1], check))
-            self._names = tuple(names)
+    def at(self, slot: int) -> _Plan:
+        """This limit's charges in `slot`, as `_charges` builds them."""
+        plan = self._plan
+        if plan is None or slot != self._slot:
+            plan = self._plan = _Plan(self._parts, slot, self.label)
             self._slot = slot
-        return self._names
+        return plan
 
 
-def _rule_of(refusal: Refusal, charges: list[Charge], rules: list[_Rule]) -> _Rule:
+RPM, TPM, CONCURRENCY = 0, 1, 2
+
+
+class _Plan:
+    """One compiled limit's charges in one slot. A request's charge is the same
+    for every call of the slot (amount 1), so it is built once; a tpm charge
+    carries the call's tokens and a concurrency charge its time, so only their
+    other fields are kept. `settle`: what each counter settles to unless the
+    call's usage says otherwise (a request stays counted, a slot is freed)."""
+
+    __slots__ = ("steps", "settle", "tpm")
+
+    def __init__(self, parts: tuple[tuple[str, int, _Rule, str], ...], slot: int, label: str) -> None:
+        window_end = float((slot + 1) * SLOT_S)
+        expires = window_end + WINDOW_SLOTS * SLOT_S  # once the slot has left every window
+        steps: list[tuple[int, str, Any]] = []
+        settle: dict[str, int] = {}
+        tpm: list[str] = []
+        for kind, allowed, _rule, name in parts:
+            if kind == "concurrency":
+                steps.append((CONCURRENCY, name, (allowed, label)))
+                settle[name] = 0
+                continue
+            check = Checked(f"{name}:{s}" for s in range(slot - WINDOW_SLOTS, slot + 1))
+            counter = check[-1]
+            if kind == "rpm":
+                steps.append((RPM, counter, new_charge((counter, 1, allowed, check, expires, window_end, label))))
+                settle[counter] = 1
+            else:
+                steps.append((TPM, counter, (allowed, check, expires, window_end, label)))
+                settle[counter] = 0  # the call's tokens
+                tpm.append(counter)
+        self.steps = tuple(steps)
+        self.settle = settle
+        self.tpm = tuple(tpm)
+
+
+def _charges(covering: list[_Compiled], now: float, tokens: int) -> tuple[tuple[Charge, ...], dict[str, int], list[str]]:
+    """The charges of one call (covering limits in order, each its rpm, tpm,
+    concurrency), what each settles to unless the call's usage says otherwise,
+    and its tpm counters (settled to usage)."""
+    slot = int(now // SLOT_S)
+    charges: list[Charge] = []
+    settle: dict[str, int] = {}
+    tpm: list[str] = []
+    for comp in covering:
+        plan = comp.at(slot)
+        settle.update(plan.settle)
+        tpm.extend(plan.tpm)
+        for code, counter, data in plan.steps:
+            if code == RPM:
+                charges.append(data)
+            elif code == TPM:
+                charges.append(new_charge((counter, tokens, *data)))
+                settle[counter] = tokens
+            else:
+                allowed, label = data
+                charges.append(new_charge((counter, 1, allowed, (), 0.0, now + 1, label)))
+    return tuple(charges), settle, tpm
+
+
+def _rule_of(refusal: Refusal, charges: Sequence[Charge], covering: list[_Compiled]) -> _Rule:
+    """The rule of the refused charge (the charges were built from `covering`, in order)."""
+    rules = [rule for comp in covering for rule in comp.rules]
     for charge, rule in zip(charges, rules):
         if charge is refusal.charge or charge.counter == refusal.charge.counter:
             return rule

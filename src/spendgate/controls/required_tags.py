@@ -41,6 +41,10 @@ class RequiredTagsStage:
         self.rules = [_Rule(r) for r in rules]
 
     async def __call__(self, call: Call) -> None:
+        self.check(call)
+
+    def check(self, call: Call) -> None:
+        """The stage's work, without a coroutine (`assembly.Admission` runs it with the caps)."""
         if not self.rules:
             return
         env = call.tags.get("environment")

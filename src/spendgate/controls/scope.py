@@ -75,16 +75,22 @@ def _team(call: Call) -> str | None:
     return call.key.team if call.key is not None else None  # a key's owner team counts as its calls' team
 
 
+NAMES_KEPT = 10_000  # instance names remembered per one-dimension scope; beyond, start over
+
+
 class Scope:
     """A compiled scope: cheap to test against every call."""
 
-    __slots__ = ("spec", "_dims", "_tests")
+    __slots__ = ("spec", "_dims", "_tests", "_names")
 
     def __init__(self, spec: dict[str, str]) -> None:
         self.spec = dict(spec)
         self._dims = sorted(spec.items())
         # per dimension: (value getter, wanted value or None for any, "dim=")
         self._tests = tuple((getter(dim), None if wanted == ANY else wanted, f"{dim}=") for dim, wanted in self._dims)
+        # one dimension: value -> "dim=value", the same string object every time (built
+        # once, its hash kept for the lookups that follow in the stages)
+        self._names: dict[str, str] = {}
 
     def instance(self, call: Call) -> str | None:
         """The instance name for `call`, or None when the scope does not cover it."""
@@ -96,7 +102,12 @@ class Scope:
             value = get(call)
             if value is None or (wanted is not None and value != wanted):
                 return None
-            return f"{prefix}{value}"
+            name = self._names.get(value)
+            if name is None:
+                if len(self._names) >= NAMES_KEPT:
+                    self._names.clear()
+                name = self._names[value] = f"{prefix}{value}"
+            return name
         parts: list[str] = []
         for get, wanted, prefix in tests:
             value = get(call)

@@ -439,7 +439,7 @@ def estimate_input_tokens(call: Call) -> int:
     return call.input_tokens_estimate
 
 
-_CHAT_EXTRAS = ("tools", "functions", "tool_choice", "function_call", "response_format")
+_CHAT_EXTRAS = frozenset({"tools", "functions", "tool_choice", "function_call", "response_format"})
 
 
 def _plain_chat_bound(body: dict[str, Any]) -> int | None:
@@ -448,11 +448,8 @@ def _plain_chat_bound(body: dict[str, Any]) -> int | None:
     summed in one pass without building a `Prompt`; None for anything else
     (the general path then counts it, equally)."""
     messages = body.get("messages")
-    if type(messages) is not list:
+    if type(messages) is not list or not _CHAT_EXTRAS.isdisjoint(body):  # one C call for the five keys
         return None
-    for key in _CHAT_EXTRAS:
-        if key in body:
-            return None
     n = BOUND_BASE
     for m in messages:
         if type(m) is not dict:

@@ -31,6 +31,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from spendgate.controls.schema import Window
+from spendgate.state.store import Checked
 
 MAX_SUB_BUCKETS = 30  # per rolling window: fine enough, and each call sums n + 1 buckets
 # sub-bucket sizes tried for rolling windows, smallest first
@@ -151,7 +152,7 @@ class RollingClock:
     def place(self, prefix: str, now: float) -> Placement:
         step, n = self.step, self.n
         idx = int(now // step)
-        check = tuple(f"{prefix}|r{i}" for i in range(idx, idx - n - 1, -1))
+        check = Checked(f"{prefix}|r{i}" for i in range(idx, idx - n - 1, -1))  # reused while current: a running sum
         start, end = float((idx - n) * step), float((idx + 1) * step)
         return Placement(
             counter=check[0],

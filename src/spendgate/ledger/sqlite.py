@@ -45,6 +45,16 @@ INDEXES = {
     "usage_events_request_id": "request_id",
 }
 
+# What callers said of a request's result (POST /v1/spendgate/feedback), joined to
+# its events by request_id; the events themselves stay append-only.
+OUTCOMES_SQL = """CREATE TABLE IF NOT EXISTS outcomes (
+    request_id TEXT NOT NULL PRIMARY KEY,
+    outcome TEXT NOT NULL,
+    score REAL,
+    key_id TEXT,
+    ts REAL NOT NULL
+)"""
+
 # An exact context: addition never rounds (precision grows with the operands).
 EXACT = decimal.Context(
     prec=decimal.MAX_PREC,
@@ -272,6 +282,7 @@ class SQLiteLedger:
                         f"{self.path}: ledger schema version {version} is newer than this "
                         f"spendgate understands ({SCHEMA_VERSION}); upgrade spendgate"
                     )
+                conn.execute(OUTCOMES_SQL)  # additive: ledgers from before the feedback API get it too
                 # (migrations from older versions go here as versions are added)
                 # Additive safety net: a UsageEvent field added without a
                 # migration gets its (nullable) column rather than failing inserts.
@@ -339,6 +350,16 @@ class SQLiteLedger:
             return None
         finally:
             conn.execute("ROLLBACK")
+
+    def record_outcome(self, request_id: str, outcome: str, score: float | None, key_id: str | None, ts: float) -> None:
+        """Store (or replace: the latest word counts) a request's outcome."""
+        with self._write_lock:
+            self._conn.execute(
+                "INSERT INTO outcomes (request_id, outcome, score, key_id, ts) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(request_id) DO UPDATE SET outcome = excluded.outcome, score = excluded.score, "
+                "key_id = excluded.key_id, ts = excluded.ts",
+                (request_id, outcome, score, key_id, ts),
+            )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run read-only SQL (the connection refuses writes); `dsum(x)` is available."""

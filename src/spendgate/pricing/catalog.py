@@ -215,6 +215,13 @@ class Catalog:
             f" ({reason})" if reason else "",
         )
 
+    def blended_price(self, dep: Deployment) -> Decimal | None:
+        """Cost of a typical million tokens on `dep` (3 input : 1 output, the
+        usual blend), for ranking deployments by price; None when unpriced."""
+        usage = TokenUsage(input_tokens=750_000, output_tokens=250_000)
+        priced = self.price(dep.catalog_provider, dep.price_model or dep.model, usage, dep.name)
+        return priced.cost if priced.status == "priced" else None
+
     def missing_models(self) -> set[tuple[str | None, str]]:
         with self._lock:
             return set(self._missing)

@@ -13,7 +13,7 @@ from spendgate.relay import breakpoints
 from spendgate.wire.translate_request import TranslationError, anthropic_to_openai_chat, openai_chat_to_anthropic
 
 
-def upstream_body(call: Call, dep: Deployment) -> bytes:
+def upstream_body(call: Call, dep: Deployment, buffered: bool = False, extra: dict[str, Any] | None = None) -> bytes:
     """Serialize what `dep` must receive for `call`.
 
     Same format and same model name with nothing to add: the client's bytes
@@ -21,19 +21,28 @@ def upstream_body(call: Call, dep: Deployment) -> bytes:
     OpenAI format always ask upstream for usage, so every call can be priced.
     An Anthropic deployment with `prompt_cache.insert_breakpoints` gets cache
     breakpoints added (`relay/breakpoints.py`), whichever format the client spoke.
+
+    `buffered` (a cascade step, judged before the client sees it): asked
+    without streaming, with `extra` fields (e.g. logprobs for its check).
     """
     body = call.body
+    stream = call.stream
+    if buffered:
+        body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        stream = False
     if call.wire == dep.wire:
         changes: dict[str, Any] = {}
         if body["model"] != dep.model:
             changes["model"] = dep.model
-        if call.stream and dep.wire == "openai" and not call.client_wants_usage:
+        if stream and dep.wire == "openai" and not call.client_wants_usage:
             opts = body.get("stream_options")
             changes["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
         if dep.wire == "anthropic" and call.endpoint == "messages":
             changes.update(_breakpoints(call, dep, body))
+        if extra:
+            changes.update(extra)
         if not changes:
-            return orjson.dumps(body) if call.body_changed else call.raw_body
+            return orjson.dumps(body) if call.body_changed or buffered else call.raw_body
         return orjson.dumps({**body, **changes})
     try:
         if call.wire == "openai":
@@ -41,9 +50,14 @@ def upstream_body(call: Call, dep: Deployment) -> bytes:
                 raise GatewayError(400, f"/{call.endpoint} cannot be served by an Anthropic deployment.", param="model")
             out = openai_chat_to_anthropic(body, dep.model)
             out.update(_breakpoints(call, dep, out))
-            return orjson.dumps(out)
-        field = "max_completion_tokens" if _is_reasoning_model(dep.model) else "max_tokens"
-        return orjson.dumps(anthropic_to_openai_chat(body, dep.model, max_tokens_field=field))
+        else:
+            field = "max_completion_tokens" if _is_reasoning_model(dep.model) else "max_tokens"
+            out = anthropic_to_openai_chat(body, dep.model, max_tokens_field=field)
+            if not stream:
+                out.pop("stream", None)
+                out.pop("stream_options", None)
+        out.update(extra or {})
+        return orjson.dumps(out)
     except TranslationError as exc:
         raise GatewayError(400, str(exc)) from None
 

@@ -1,53 +1,192 @@
-"""Route stage: which deployments may serve a requested model, in order.
+"""Route stage: which deployments may serve a call, in the order to try them.
 
-This issue routes by name only (first deployment serving the model, the
-others as failover in config order); policies and cascades come later.
+The requested name goes through the policy (`policy.py`) to a target: steps
+of public models. Each model's deployments are ordered by its balancing
+strategy (`balance.py`, fed by `health.py`), then its fallback models follow,
+so a step's list is the whole failover chain. Budgets price that list (every
+entry may be the one that runs), which is why routing runs before them.
 """
 
 from __future__ import annotations
 
-from spendgate.config import Config, Deployment
+from collections.abc import Callable
+from decimal import Decimal
+
+from spendgate.config import ApiKey, Config, Deployment
+from spendgate.controls.identify import may_use
+from spendgate.controls.tokens import estimate_input_tokens
+from spendgate.controls.worst_case import choices, max_tokens
 from spendgate.errors import GatewayError
 from spendgate.pipeline import Call
+from spendgate.routing.balance import Balancer
+from spendgate.routing.health import Health
+from spendgate.routing.policy import Policy, Target
+from spendgate.routing.schema import ModelRoute, RoutingConfig
+
+_OPENAI_ONLY = ("completions", "embeddings")
 
 
 class Router:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, price_of: Callable[[Deployment], Decimal | None] | None = None) -> None:
+        """`price_of`: a deployment's blended price, for the `cost` strategy."""
+        self.config: RoutingConfig = config.routing
         self._by_model: dict[str, list[Deployment]] = {}
+        self._model_of: dict[str, str] = {}  # deployment -> the first public model it serves
         for d in config.deployments:
             for name in d.serves:
                 self._by_model.setdefault(name, []).append(d)
             if d.name not in d.serves:  # a deployment can also be addressed by its own name
                 self._by_model.setdefault(d.name, []).append(d)
+            self._model_of[d.name] = d.serves[0] if d.serves else d.model
         self._public = sorted({n for d in config.deployments for n in d.serves})
+        self.policy = Policy(config.routing, set(self._by_model))
+        self.health = Health(config.routing.health, config.deployments)
+        self.balancer = Balancer(self.health, price_of)
+        self._routes: dict[str, ModelRoute] = config.routing.models
+        self._has_tpm = any(d.tpm is not None for d in config.deployments)
+        self._has_context_fallbacks = any(r.context_window_fallbacks for r in config.routing.models.values())
 
-    def candidates(self, model: str, endpoint: str) -> list[Deployment]:
-        found = self._by_model.get(model)
-        if not found:
-            raise GatewayError(
-                404, f"The model '{model}' does not exist or is not served by this gateway.", "not_found", param="model"
-            )
-        if endpoint in ("completions", "embeddings"):
+    # -- what a call may use ---------------------------------------------------------
+
+    def models(self) -> list[str]:
+        return self._public
+
+    def deployments_of(self, model: str) -> list[Deployment]:
+        return self._by_model.get(model, [])
+
+    def strategy(self, model: str) -> str:
+        route = self._routes.get(model)
+        return (route.strategy if route is not None and route.strategy else None) or self.config.strategy
+
+    def _step(self, models: tuple[str, ...], tokens: int, key: ApiKey | None) -> list[Deployment]:
+        """The step's chain: its models' deployments, then their fallbacks (those the key may use)."""
+        out: list[Deployment] = []
+        seen: set[str] = set()
+        for model in models:
+            self._extend(out, seen, self.balancer.order(self._by_model[model], self.strategy(model), tokens))
+        for model in models:
+            route = self._routes.get(model)
+            for fallback in route.fallbacks if route is not None else ():
+                for fb_model in self.policy.target(fallback).steps[0]:
+                    if may_use(key, fb_model):
+                        self._extend(out, seen, self.balancer.order(self._by_model[fb_model], self.strategy(fb_model), tokens))
+        return out
+
+    @staticmethod
+    def _extend(out: list[Deployment], seen: set[str], deps: list[Deployment]) -> None:
+        for d in deps:
+            if d.name not in seen:
+                seen.add(d.name)
+                out.append(d)
+
+    @staticmethod
+    def _usable(found: list[Deployment], endpoint: str, model: str) -> list[Deployment]:
+        if endpoint in _OPENAI_ONLY:
             found = [d for d in found if d.wire == "openai"]
             if not found:
                 raise GatewayError(400, f"The model '{model}' cannot serve /{endpoint}.", param="model")
         return found
 
-    def models(self) -> list[str]:
-        return self._public
+    def context_fallbacks(self, dep: Deployment, endpoint: str, key: ApiKey | None, tokens: int = 0) -> list[Deployment]:
+        """Where a call goes when `dep` says the prompt is too long for it (models the key may use)."""
+        route = self._routes.get(self._model_of.get(dep.name, ""))
+        if route is None or not route.context_window_fallbacks:
+            return []
+        out: list[Deployment] = []
+        seen: set[str] = {dep.name}
+        for name in route.context_window_fallbacks:
+            for model in self.policy.target(name).steps[0]:
+                if may_use(key, model):
+                    self._extend(out, seen, self.balancer.order(self._by_model[model], self.strategy(model), tokens))
+        return [d for d in out if endpoint not in _OPENAI_ONLY or d.wire == "openai"]
+
+    def call_tokens(self, call: Call) -> int:
+        """Tokens a call may use (input bound + output bound), for deployments' `tpm`;
+        0 (not computed) when no deployment has a tpm."""
+        if not self._has_tpm:
+            return 0
+        out = 0 if call.endpoint == "embeddings" else (max_tokens(call) or 0) * choices(call)
+        return estimate_input_tokens(call) + out
+
+    def baseline(self, target: Target) -> Deployment | None:
+        """The deployment a routed call's savings are measured against: the
+        cascade's baseline (default its last step), else `routing.baseline`."""
+        if target.reason == "direct":
+            return None
+        name = None
+        if target.cascade is not None:
+            name = target.cascade.baseline or target.cascade.steps[-1]
+        name = name or self.config.baseline
+        if name is None:
+            return None
+        deps = self._by_model.get(self.policy.target(name).primary)
+        return deps[0] if deps else None
+
+    def public_model(self, dep: Deployment) -> str:
+        return self._model_of.get(dep.name, dep.model)
+
+    # -- planning a call -------------------------------------------------------------
+
+    def plan(self, call: Call, target: Target) -> None:
+        """Fill the call's route from a resolved target. Each step's list ends with
+        the deployments its context-window fallbacks may reach (`call.context_only`):
+        tried only after a "prompt too long", but priced by budgets like the rest
+        (one set of names per step)."""
+        tokens = call.route_tokens = self.call_tokens(call)
+        steps: list[list[Deployment]] = []
+        context_only: list[set[str]] = []
+        for models in target.steps:
+            allowed = tuple(m for m in models if may_use(call.key, m))
+            if not allowed:
+                key_id = call.key.id if call.key is not None else "?"
+                raise GatewayError(
+                    403, f"This API key ({key_id}) may not use the model(s) {', '.join(models)} that '{call.requested_model}' routes to.",
+                    "permission", param="model",
+                )
+            chain = self._usable(self._step(allowed, tokens, call.key), call.endpoint, allowed[0])
+            only: set[str] = set()
+            if self._has_context_fallbacks:
+                seen = {d.name for d in chain}
+                for dep in list(chain):
+                    for extra in self.context_fallbacks(dep, call.endpoint, call.key, tokens):
+                        if extra.name not in seen:
+                            seen.add(extra.name)
+                            chain.append(extra)
+                            only.add(extra.name)
+            steps.append(chain)
+            context_only.append(only)
+        if len(steps) == 1:
+            call.route_steps = []
+            call.candidates = steps[0]
+        else:
+            call.route_steps = steps
+            call.candidates = [d for step in steps for d in step]
+        call.context_only = context_only
+        call.deployment_name = call.candidates[0].name
 
 
 class RouteStage:
-    """Stage: resolve the model to deployments before the controls run, so
-    budgets can price the worst case and scopes can match a deployment. A
+    """Stage: resolve the requested name to deployments before the controls run,
+    so budgets can price the worst case and scopes can match a deployment. A
     stage that changes `call.model` (slowdown) calls `reroute`."""
 
     def __init__(self, router: Router) -> None:
         self.router = router
 
     async def __call__(self, call: Call) -> None:
-        self.reroute(call)
+        target = self.router.policy.resolve(call)
+        if target.reason != "direct":
+            call.route_reason = target.reason
+            if target.rule is not None:
+                call.control_actions.append(f"route:{target.rule}:{call.model}->{target.label}")
+            call.model = target.primary
+            call.route_baseline = self.router.baseline(target)
+        call.route_target = target
+        self.router.plan(call, target)
 
     def reroute(self, call: Call) -> None:
-        call.candidates = self.router.candidates(call.model, call.endpoint)
-        call.deployment_name = call.candidates[0].name
+        """`call.model` was changed by a control (a concrete model): route it directly."""
+        target = self.router.policy.target(call.model)
+        call.route_target = target
+        call.route_baseline = None  # a control chose the model, not routing
+        self.router.plan(call, target)

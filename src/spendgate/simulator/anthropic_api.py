@@ -14,7 +14,9 @@ from aiohttp import web
 
 from spendgate.simulator.directives import read_controls
 from spendgate.simulator.errors import Refusal, anthropic_error, bad_request
+from spendgate.simulator.faults import Ask
 from spendgate.simulator.ids import message_id, request_id, tool_use_id
+from spendgate.simulator.logprobs import json_confidence
 from spendgate.simulator.plan import TextAnswer, ToolAnswer, plan_text, plan_tool_call, split_fragments
 from spendgate.simulator.prompt_cache import CacheUsage, anthropic_cache_usage
 from spendgate.simulator.anthropic_prompt import last_turn_is_tool_result, messages_prompt
@@ -95,6 +97,23 @@ def _chosen_tool(body: dict[str, Any]) -> dict[str, Any] | None:
     return tools[0]
 
 
+def _stop_reason(answer: TextAnswer | ToolAnswer) -> str:
+    """`refusal` for a `refusal_flag` reply that ran to its end (Claude's own refusal stop)."""
+    if isinstance(answer, TextAnswer) and answer.kind == "refusal_flag" and answer.finish == "stop":
+        return "refusal"
+    return STOP_REASONS[answer.finish]
+
+
+def _output_schema(body: dict[str, Any]) -> Any:
+    """The JSON schema of Structured Outputs (`output_config.format`, or the beta `output_format`), or None."""
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else body.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt.get("schema")
+        return schema if isinstance(schema, dict) else {"type": "object"}
+    return None
+
+
 class Messages:
     def __init__(self, state: SimulatorState) -> None:
         self.state = state
@@ -120,12 +139,16 @@ class Messages:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise bad_request("anthropic", "stop_sequences: Input should be a valid list of strings")
         tool = _chosen_tool(body)
+        schema = _output_schema(body)
         stream = bool(body.get("stream"))
-        controls = read_controls(prompt.directives, request.headers.get("x-sim-fault"))
-        fault = state.faults.pick(controls)
+        controls = read_controls(prompt.directives, request.headers.get("x-sim-fault"), model)
+        if controls.reply not in (None, "text"):
+            tool = None  # a forced reply kind answers in text
+        ask = Ask("messages", prompt.tokens)
+        fault = state.faults.pick(controls, ask)
         await state.faults.wait_first_byte(controls)
         if fault is not None:
-            refused = await state.faults.produce(fault, request, "anthropic", model, stream)
+            refused = await state.faults.produce(fault, request, "anthropic", model, stream, controls, ask, _headers(SSE_HEADERS))
             if refused is not None:
                 return refused
 
@@ -136,7 +159,9 @@ class Messages:
         if tool is not None:
             answer = plan_tool_call(seed, str(tool.get("name", "")), tool.get("input_schema"), controls.output_tokens, limit)
         else:
-            answer = plan_text(seed, controls.output_tokens, limit, stops)
+            reply = controls.reply or ("json" if schema is not None else "text")
+            confidence = json_confidence(controls.logprob)
+            answer = plan_text(seed, controls.output_tokens, limit, stops, reply=reply, schema=schema, confidence=confidence)
         if stream:
             frames, cut_at = _frames(model, answer, input_tokens, cache)
             tps = state.tokens_per_second(controls.tokens_per_second)
@@ -151,7 +176,7 @@ class Messages:
             "role": "assistant",
             "model": model,
             "content": content,
-            "stop_reason": STOP_REASONS[answer.finish],
+            "stop_reason": _stop_reason(answer),
             "stop_sequence": answer.stop_sequence if isinstance(answer, TextAnswer) else None,
             "usage": _usage(input_tokens, cache, answer.tokens),
         }
@@ -191,7 +216,7 @@ def _frames(model: str, answer: TextAnswer | ToolAnswer, input_tokens: int, cach
     frames.append((_event("content_block_stop", {"type": "content_block_stop", "index": 0}), 0))
     delta = {
         "type": "message_delta",
-        "delta": {"stop_reason": STOP_REASONS[answer.finish], "stop_sequence": stop_sequence},
+        "delta": {"stop_reason": _stop_reason(answer), "stop_sequence": stop_sequence},
         "usage": {"output_tokens": answer.tokens},
     }
     frames.append((_event("message_delta", delta), 0))

@@ -8,7 +8,9 @@ always gets the same answer.
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from typing import Any
 
 _DET = ("the", "each", "every", "this", "our", "a", "one", "that")
@@ -131,6 +133,59 @@ def apply_stop(pieces: list[str], stops: list[str]) -> tuple[list[str], str | No
             kept.append(p[: best - pos])
         break
     return kept, matched
+
+
+# ---- reply kinds (the `reply` directive) ----------------------------------------
+
+REFUSAL_TEXT = "I'm sorry, but I can't help with that."
+UNSURE_LEAD = "I'm not sure, but"
+_SPLIT = re.compile(r" ?[A-Za-z']+| ?[0-9]+|\s+|[^A-Za-z0-9'\s]+")
+
+
+def split_pieces(text: str) -> list[str]:
+    """Text in word-sized pieces, each counted as one output token; they join back to `text`."""
+    return _SPLIT.findall(text)
+
+
+def reply_pieces(kind: str, seed: int, count: int | None, schema: Any = None, confidence: float = 0.95) -> list[str]:
+    """The pieces of a non-default reply: a refusal, a hedge, a JSON object or almost-JSON.
+
+    `count` (an `output_tokens` directive) makes it exactly that long: a refusal or
+    hedge goes on with ordinary sentences, a JSON answer grows its text field (or,
+    with a schema, is padded with trailing spaces); too small a count cuts it short.
+    """
+    if kind in ("refusal", "refusal_flag"):
+        lead = split_pieces(REFUSAL_TEXT)
+        return lead if count is None else _continue(lead, seed, count)
+    if kind == "unsure":
+        lead = split_pieces(UNSURE_LEAD)
+        return _continue(lead, seed, count if count is not None else default_length(seed), lower=True)
+    bad = kind == "bad_json"
+    if schema is not None:
+        text = json.dumps(tool_arguments(schema, seed), ensure_ascii=False)
+        pieces = split_pieces(text[:-1] + ",}" if bad else text)
+        if count is None or count == len(pieces):
+            return pieces
+        return pieces[:count] if count < len(pieces) else pieces + [" "] * (count - len(pieces))
+    head = split_pieces('{"answer": "')
+    tail = split_pieces(f'", "confidence": {confidence}' + (",}" if bad else "}"))
+    body_n = count - len(head) - len(tail) if count is not None else default_length(seed, 8, 60)
+    if body_n < 1:
+        return (head + tail)[: max(count or 0, 0)]
+    body = [json.dumps(p, ensure_ascii=False)[1:-1] for p in answer_pieces(seed, body_n)]
+    return head + body + tail
+
+
+def _continue(lead: list[str], seed: int, total: int, lower: bool = False) -> list[str]:
+    """`lead`, then ordinary sentences up to `total` pieces (or `lead` cut to `total`)."""
+    if total <= len(lead):
+        return lead[: max(total, 0)]
+    rest = answer_pieces(seed, total - len(lead))
+    first = rest[0]
+    if lower and len(first) > 1 and not first[1:2].isupper():
+        first = first[0].lower() + first[1:]
+    rest[0] = " " + first
+    return lead + rest
 
 
 # ---- tool arguments ------------------------------------------------------------

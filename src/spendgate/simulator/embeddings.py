@@ -20,6 +20,7 @@ from aiohttp import web
 
 from spendgate.simulator.directives import DIRECTIVE_MARK, parse_directives
 from spendgate.simulator.errors import Flavor, bad_request
+from spendgate.simulator.faults import Ask
 from spendgate.simulator.openai_common import controls_for, intake, json_response, positive_int
 from spendgate.simulator.state import SimulatorState
 from spendgate.simulator.tokens import count_text
@@ -85,11 +86,12 @@ class Embeddings:
         for data, _ in inputs:
             if DIRECTIVE_MARK.encode() in data:
                 directives.update(parse_directives(data.decode(errors="replace")))
-        controls = controls_for(request, directives)
-        fault = state.faults.pick(controls)
+        controls = controls_for(request, directives, model)
+        ask = Ask("embeddings", max(t for _, t in inputs))
+        fault = state.faults.pick(controls, ask)
         await state.faults.wait_first_byte(controls)
         if fault is not None:
-            refused = await state.faults.produce(fault, request, flavor, model, False)
+            refused = await state.faults.produce(fault, request, flavor, model, False, controls, ask)
             if refused is not None:
                 return refused
         data = [

@@ -48,9 +48,10 @@ def openai_error(
     param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
+    rid: str | None = None,
 ) -> web.Response:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    rid = request_id()
+    rid = rid or request_id()
     return web.Response(
         status=status,
         body=orjson.dumps(body),

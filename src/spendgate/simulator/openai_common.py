@@ -103,8 +103,32 @@ def _has_key(request: web.Request, flavor: Flavor) -> bool:
     return auth[:7].lower() == "bearer " and bool(auth[7:].strip())
 
 
-def controls_for(request: web.Request, directives: dict[str, str]) -> Controls:
-    return read_controls(directives, request.headers.get("x-sim-fault"))
+def controls_for(request: web.Request, directives: dict[str, str], model: str = "") -> Controls:
+    return read_controls(directives, request.headers.get("x-sim-fault"), model)
+
+
+def bounded_int(body: dict[str, Any], name: str, flavor: Flavor, minimum: int, maximum: int) -> int | None:
+    """An optional integer parameter within [minimum, maximum], validated with OpenAI's messages."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise bad_request(flavor, f"Invalid type for '{name}': expected an integer, but got {type(value).__name__} instead.", name, "invalid_type")
+    if value < minimum:
+        raise bad_request(
+            flavor,
+            f"Invalid '{name}': integer below minimum value. Expected a value >= {minimum}, but got {value} instead.",
+            name,
+            "integer_below_min_value",
+        )
+    if value > maximum:
+        raise bad_request(
+            flavor,
+            f"Invalid '{name}': integer above maximum value. Expected a value <= {maximum}, but got {value} instead.",
+            name,
+            "integer_above_max_value",
+        )
+    return value
 
 
 def positive_int(body: dict[str, Any], name: str, flavor: Flavor, maximum: int | None = None) -> int | None:

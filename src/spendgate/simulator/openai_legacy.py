@@ -1,20 +1,25 @@
 """`POST /v1/completions`: the legacy `text_completion` API, JSON and SSE.
 
 Like the real endpoint, `max_tokens` defaults to 16; an `output_tokens` directive
-is only capped by an explicit `max_tokens`.
+is only capped by an explicit `max_tokens`. `logprobs: k` (0..5) returns the
+legacy `tokens` / `token_logprobs` / `top_logprobs` / `text_offset` object, per
+chunk when streaming.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from spendgate.simulator.errors import Flavor
+from spendgate.simulator.faults import Ask
 from spendgate.simulator.ids import completion_id, fingerprint
-from spendgate.simulator.openai_common import controls_for, intake, json_response, positive_int, stop_list, stream_flags
+from spendgate.simulator.logprobs import MAX_TOP_LEGACY, json_confidence, legacy_logprobs, token_logprobs
+from spendgate.simulator.openai_common import bounded_int, controls_for, intake, json_response, positive_int, stop_list, stream_flags
 from spendgate.simulator.openai_prompt import legacy_prompts
 from spendgate.simulator.plan import TextAnswer, mix, plan_text
 from spendgate.simulator.state import SimulatorState
@@ -41,25 +46,35 @@ class Completions:
         explicit = positive_int(body, "max_tokens", flavor)
         stops = stop_list(body, flavor)
         stream, include_usage = stream_flags(body, flavor)
+        top_k = bounded_int(body, "logprobs", flavor, 0, MAX_TOP_LEGACY)
         directives: dict[str, str] = {}
         for p in prompts:
             directives.update(p.directives)
-        controls = controls_for(request, directives)
+        controls = controls_for(request, directives, it.model)
         limit = explicit if explicit is not None or controls.output_tokens is not None else DEFAULT_MAX_TOKENS
-        fault = state.faults.pick(controls)
+        ask = Ask("completions", prompt_tokens, limit or 0)
+        fault = state.faults.pick(controls, ask)
         await state.faults.wait_first_byte(controls)
         if fault is not None:
-            refused = await state.faults.produce(fault, request, flavor, it.model, stream)
+            refused = await state.faults.produce(fault, request, flavor, it.model, stream, controls, ask, it.headers(SSE_HEADERS))
             if refused is not None:
                 return refused
         echo = bool(body.get("echo"))
-        answers: list[tuple[TextAnswer, str]] = []
+        reply = controls.reply or "text"
+        confidence = json_confidence(controls.logprob)
+        answers: list[Answer] = []
         for p in prompts:
             seed = p.digest()
-            prefix = p.parts[1] if echo and len(p.parts) > 1 else ""
+            text = p.parts[1] if len(p.parts) > 1 else ""
+            prefix = text if echo else ""
             for j in range(n):
-                answers.append((plan_text(mix(seed, j), controls.output_tokens, limit, stops), prefix))
-        completion = sum(a.tokens for a, _ in answers)
+                s = mix(seed, j)
+                a = plan_text(s, controls.output_tokens, limit, stops, reply=reply, confidence=confidence)
+                lp = None
+                if top_k is not None:
+                    lp = _logprobs(a, prefix, len(text) if not echo else 0, top_k, s, controls.logprob)
+                answers.append(Answer(a, prefix, lp))
+        completion = sum(a.plan.tokens for a in answers)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
         cid, created = completion_id(), int(time.time())
         if stream:
@@ -67,7 +82,7 @@ class Completions:
             tps = state.tokens_per_second(controls.tokens_per_second)
             return await send_stream(request, it.headers(SSE_HEADERS), frames, tps, cut_at if fault == "cut" else None)
         choices = [
-            {"text": prefix + a.text, "index": i, "logprobs": None, "finish_reason": _finish(a)} for i, (a, prefix) in enumerate(answers)
+            {"text": a.prefix + a.plan.text, "index": i, "logprobs": a.logprobs, "finish_reason": _finish(a.plan)} for i, a in enumerate(answers)
         ]
         payload = {
             "id": cid,
@@ -81,8 +96,29 @@ class Completions:
         return json_response(payload, it.headers())
 
 
+@dataclass(slots=True)
+class Answer:
+    plan: TextAnswer
+    prefix: str  # the echoed prompt, or ""
+    logprobs: dict[str, Any] | None  # the legacy logprobs object when asked for
+
+
+def _logprobs(a: TextAnswer, prefix: str, offset: int, k: int, seed: int, mean: float | None) -> dict[str, Any]:
+    """Echoed prompt tokens (4 characters each, the first without a logprob) then the answer's tokens."""
+    prompt_tokens = [prefix[i : i + 4] for i in range(0, len(prefix), 4)]
+    prompt_values: list[float | None] = [None, *token_logprobs(seed ^ 1, len(prompt_tokens) - 1, -2.5)] if prompt_tokens else []
+    values = prompt_values + list(token_logprobs(seed, len(a.pieces), mean))
+    return legacy_logprobs(prompt_tokens + a.pieces, values, k, seed, offset)
+
+
+def _slice(lp: dict[str, Any] | None, start: int, end: int) -> dict[str, Any] | None:
+    if lp is None:
+        return None
+    return {key: values[start:end] for key, values in lp.items()}
+
+
 def _frames(
-    cid: str, created: int, model: str, answers: list[tuple[TextAnswer, str]], usage: dict[str, Any], include_usage: bool
+    cid: str, created: int, model: str, answers: list[Answer], usage: dict[str, Any], include_usage: bool
 ) -> tuple[list[tuple[bytes, int]], int]:
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         obj: dict[str, Any] = {
@@ -99,13 +135,19 @@ def _frames(
         return b"data: " + orjson.dumps(obj) + b"\n\n"
 
     frames: list[tuple[bytes, int]] = []
-    for i, (a, prefix) in enumerate(answers):
-        pieces = ([prefix] if prefix else []) + a.pieces
-        for k, piece in enumerate(pieces):
-            weight = 0 if prefix and k == 0 else 1
-            frames.append((chunk([{"text": piece, "index": i, "logprobs": None, "finish_reason": None}]), weight))
-        frames.append((chunk([{"text": "", "index": i, "logprobs": None, "finish_reason": _finish(a)}]), 0))
-    cut_at = max(1, len(frames) // 2)
+    first_content = 0
+    for i, a in enumerate(answers):
+        lp = a.logprobs
+        echoed = len(lp["tokens"]) - len(a.plan.pieces) if lp is not None else 0
+        if a.prefix:
+            frames.append((chunk([{"text": a.prefix, "index": i, "logprobs": _slice(lp, 0, echoed), "finish_reason": None}]), 0))
+        for k, piece in enumerate(a.plan.pieces):
+            if not first_content:
+                first_content = len(frames) + 1
+            at = echoed + k
+            frames.append((chunk([{"text": piece, "index": i, "logprobs": _slice(lp, at, at + 1), "finish_reason": None}]), 1))
+        frames.append((chunk([{"text": "", "index": i, "logprobs": None, "finish_reason": _finish(a.plan)}]), 0))
+    cut_at = max(1, first_content, len(frames) // 2)  # at least one content chunk goes out
     if include_usage:
         frames.append((chunk([], usage=usage), 0))
     frames.append((DONE, 0))

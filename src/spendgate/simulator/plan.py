@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from spendgate.simulator.content import answer_pieces, apply_stop, default_length, tool_arguments
+from spendgate.simulator.content import answer_pieces, apply_stop, default_length, reply_pieces, tool_arguments
 from spendgate.simulator.tokens import count_text
 
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -36,6 +36,7 @@ class TextAnswer:
     finish: str  # "stop" | "length" | "stop_sequence"
     stop_sequence: str | None = None
     reasoning: int = 0
+    kind: str = "text"  # the `reply` directive: text, refusal, refusal_flag, unsure, json, bad_json
 
     @property
     def tokens(self) -> int:
@@ -63,30 +64,52 @@ class ToolAnswer:
         return value if isinstance(value, dict) else {}
 
 
-def plan_text(seed: int, wanted: int | None, limit: int | None, stops: list[str], reasoning_model: bool = False) -> TextAnswer:
-    """Answer length from the directive (`wanted`) or the seed, cut by `limit` and stops."""
+def plan_text(
+    seed: int,
+    wanted: int | None,
+    limit: int | None,
+    stops: list[str],
+    reasoning_model: bool = False,
+    reply: str = "text",
+    schema: Any = None,
+    confidence: float = 0.95,
+) -> TextAnswer:
+    """Answer length from the directive (`wanted`) or the seed, cut by `limit` and stops.
+
+    `reply` picks the content (see `content.reply_pieces`); `schema` is the JSON
+    schema a `json` / `bad_json` answer follows, `confidence` its `confidence` field.
+    """
     reasoning = 0
+    visible: int | None
     if wanted is not None:
         visible = max(wanted, 0)
         if reasoning_model and visible > 1:
             reasoning = visible // 2
             visible -= reasoning
     else:
-        visible = default_length(seed)
+        visible = default_length(seed) if reply == "text" else None
         if reasoning_model:
             reasoning = 64 * (1 + (seed >> 40) % 8)
     finish = "stop"
-    if limit is not None and reasoning + visible > limit:
-        finish = "length"
-        reasoning = min(reasoning, limit)
-        visible = limit - reasoning
-    pieces = answer_pieces(seed, visible, complete=finish == "stop")
+    if reply == "text":
+        assert visible is not None
+        if limit is not None and reasoning + visible > limit:
+            finish = "length"
+            reasoning = min(reasoning, limit)
+            visible = limit - reasoning
+        pieces = answer_pieces(seed, visible, complete=finish == "stop")
+    else:
+        pieces = reply_pieces(reply, seed, visible, schema, confidence)
+        if limit is not None and reasoning + len(pieces) > limit:
+            finish = "length"
+            reasoning = min(reasoning, limit)
+            pieces = pieces[: limit - reasoning]
     matched = None
     if stops and pieces:
         pieces, matched = apply_stop(pieces, stops)
         if matched is not None:
             finish = "stop_sequence"
-    return TextAnswer(pieces, finish, matched, reasoning)
+    return TextAnswer(pieces, finish, matched, reasoning, reply)
 
 
 def plan_tool_call(seed: int, name: str, schema: Any, wanted: int | None, limit: int | None) -> ToolAnswer:

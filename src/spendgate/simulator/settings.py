@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Every fault the simulator can produce; see docs/simulator.md.
-FAULT_KINDS: tuple[str, ...] = ("429", "500", "529", "timeout", "reset", "cut")
+FAULT_KINDS: tuple[str, ...] = ("429", "500", "503", "529", "timeout", "reset", "cut", "stream_error", "context_length")
 # Random faults (fault_rate > 0) pick among these unless told otherwise: a random
 # `timeout` hangs a request for minutes, so it has to be asked for by name.
 DEFAULT_RANDOM_FAULTS: tuple[str, ...] = ("429", "500", "529", "reset", "cut")

@@ -253,6 +253,7 @@ class DurableCounterStore:
         # What the file must learn, kept under one lock (the event loop and the
         # writer thread both touch it; each holds it for a few dict operations):
         self._lock = threading.Lock()
+        self._acquire, self._release = self._lock.acquire, self._lock.release
         self._fresh: dict[str, tuple[Any, ...]] = {}  # opened since the last batch: (id, created, deadline, charges)
         self._kept: set[str] = set()  # in the file (written, or restored) and not yet closed
         self._deletes: list[str] = []  # in the file and since closed
@@ -267,28 +268,54 @@ class DurableCounterStore:
     # ---- CounterStore (the event loop) ----------------------------------------------------
 
     async def reserve(self, reservation_id: str, charges: Sequence[Charge], now: float, ttl_s: float) -> Refusal | None:
-        refusal = self.inner.reserve_now(reservation_id, charges, now, ttl_s)
-        if refusal is None:
-            money = [c for c in charges if type(c.amount) is Decimal]
-            if money:
-                row = (reservation_id, now, now + ttl_s, money)
-                with self._lock:
-                    self._fresh[reservation_id] = row
-        return refusal
+        """See `reserve_now`."""
+        return self.reserve_now(reservation_id, charges, now, ttl_s)
 
     async def settle(self, reservation_id: str, actual: Mapping[str, Amount], now: float) -> None:
+        """See `settle_now`."""
+        self.settle_now(reservation_id, actual, now)
+
+    async def release(self, reservation_id: str) -> None:
+        """See `release_now`."""
+        self.release_now(reservation_id)
+
+    # The operations without a coroutine, for stages that know the store is in
+    # process (`state.store.in_process_ops`); the async contract calls them.
+
+    def reserve_now(self, reservation_id: str, charges: Sequence[Charge], now: float, ttl_s: float) -> Refusal | None:
+        """The memory store's reserve; an admitted reservation holding money is noted for the writer."""
+        refusal = self.inner.reserve_now(reservation_id, charges, now, ttl_s)
+        if refusal is None:
+            money: Sequence[Charge] = tuple(charges)  # usually all of them (budgets); a copy: the caller's list may change
+            for c in charges:
+                if type(c.amount) is not Decimal:
+                    money = [c for c in charges if type(c.amount) is Decimal]
+                    break
+            if money:
+                row = (reservation_id, now, now + ttl_s, money)
+                self._acquire()  # not `with`: half the cost, and this runs for every call
+                try:
+                    self._fresh[reservation_id] = row
+                finally:
+                    self._release()
+        return refusal
+
+    def settle_now(self, reservation_id: str, actual: Mapping[str, Amount], now: float) -> None:
         self.inner.settle_now(reservation_id, actual, now)
         self._closed(reservation_id)
 
-    async def release(self, reservation_id: str) -> None:
+    def release_now(self, reservation_id: str) -> None:
         self.inner.release_now(reservation_id)
         self._closed(reservation_id)
 
     def _closed(self, reservation_id: str) -> None:
-        with self._lock:
+        self._acquire()
+        try:
             if self._fresh.pop(reservation_id, None) is None and reservation_id in self._kept:
                 self._kept.discard(reservation_id)  # written by an earlier batch: delete its row
                 self._deletes.append(reservation_id)
+        finally:
+            self._release()
 
     async def expire(self, now: float) -> int:
         n = self.inner.expire_now(now)

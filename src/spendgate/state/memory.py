@@ -13,6 +13,14 @@ docstrings give the exact semantics a script must reproduce. Data model:
   counts as int; a missing bucket reads as zeros.
 - reservation `id` → {charges (counter, amount, ...), deadline}: what the
   reservation added to `reserved`, so settle/release can take it out again.
+
+Running sums (in process only; a Redis script sums): a charge whose `check`
+is a `Checked` tuple (one a caller reuses while it is current, e.g. a rate
+limit's 13 slots) is checked against a running Σ (settled + reserved) of
+those buckets, kept up to date by every change to any of them, instead of
+summing 13 buckets per call. Amounts are exact (int, Decimal), so the sum is
+the same number either way. Sums no call used since the previous `expire`
+are dropped there.
 """
 
 from __future__ import annotations
@@ -20,25 +28,36 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
 
-from spendgate.state.store import Amount, Charge, Refusal, Usage
+from spendgate.state.store import Amount, Charge, Checked, Refusal, Usage
+
+MAX_SUMS = 100_000  # running sums kept at most; beyond, start over (rebuilt on demand)
 
 
 class _Bucket:
-    __slots__ = ("settled", "reserved", "expires_at")
+    __slots__ = ("settled", "reserved", "expires_at", "sums")
 
-    def __init__(self, settled: Amount, reserved: Amount, expires_at: float) -> None:
+    def __init__(self, settled: Amount, reserved: Amount, expires_at: float, sums: list[_Sum] | None) -> None:
         self.settled = settled
         self.reserved = reserved
         self.expires_at = expires_at
+        self.sums = sums  # the running sums that include this bucket (the store's `_watch` list), or None
 
 
-class _Open:
-    __slots__ = ("charges", "created", "deadline")
+class _Sum:
+    """Σ (settled + reserved) over the buckets of one `Checked` tuple, kept current."""
 
-    def __init__(self, charges: tuple[Charge, ...], created: float, deadline: float) -> None:
-        self.charges = charges
-        self.created = created
-        self.deadline = deadline
+    __slots__ = ("check", "used", "seen")
+
+    def __init__(self, check: Checked) -> None:
+        self.check = check  # held: its id() keys the sum, and cannot be reused while it lives
+        self.used: Amount = 0
+        self.seen = True  # used since the last expire
+
+
+# An open reservation: a plain tuple (charges, created, deadline), one per admitted
+# call (a class instance, even a named tuple, costs a Python-level call to build).
+_Open = tuple[tuple[Charge, ...], float, float]
+CHARGES, CREATED, DEADLINE = 0, 1, 2
 
 
 class MemoryCounterStore:
@@ -48,6 +67,8 @@ class MemoryCounterStore:
         self._buckets: dict[str, _Bucket] = {}
         self._open: dict[str, _Open] = {}
         self._expiry: list[tuple[float, str]] = []  # heap of (expires_at, counter), one entry per bucket
+        self._sums: dict[int, _Sum] = {}  # id(Checked tuple) -> its running sum
+        self._watch: dict[str, list[_Sum]] = {}  # bucket name -> the sums including it (the bucket's `sums`)
 
     # ---- CounterStore -----------------------------------------------------------------
 
@@ -109,27 +130,55 @@ class MemoryCounterStore:
             raise ValueError(f"reservation {reservation_id!r} is already open")
         get = self._buckets.get
         n = len(charges)
-        if n > 1 and (charges[0].counter == charges[1].counter if n == 2 else len({c.counter for c in charges}) != n):
-            raise ValueError("a reservation must not charge the same counter twice")
-        for c in charges:
-            limit = c.limit
+        if n > 1:
+            if n == 2:
+                twice = charges[0].counter == charges[1].counter
+            elif n == 3:
+                a, b2, c3 = charges[0].counter, charges[1].counter, charges[2].counter
+                twice = a == b2 or a == c3 or b2 == c3
+            else:
+                twice = len({c.counter for c in charges}) != n
+            if twice:
+                raise ValueError("a reservation must not charge the same counter twice")
+        sums = self._sums
+        for c in charges:  # fields unpacked, not read by name: this runs for every call
+            counter, amount, limit, check, _expires, _resets, _label = c
             if limit is None:
                 continue
-            check = c.check
             if check:
-                used: Amount = 0
-                for name in check:
-                    b = get(name)
-                    if b is not None:
-                        used += b.settled + b.reserved
+                if type(check) is Checked:
+                    s = sums.get(id(check))
+                    if s is None or s.check is not check:
+                        s = self._sum(check)
+                    s.seen = True
+                    used: Amount = s.used
+                elif len(check) == 1:  # one bucket (calendar budgets): no sum to start from 0
+                    b = get(check[0])
+                    used = 0 if b is None else b.settled + b.reserved
+                else:
+                    used = 0
+                    for name in check:
+                        b = get(name)
+                        if b is not None:
+                            used += b.settled + b.reserved
             else:
-                b = get(c.counter)
+                b = get(counter)
                 used = 0 if b is None else b.settled + b.reserved
-            if used + c.amount > limit:
+            if used + amount > limit:
                 return Refusal(c, used)
         charges = tuple(charges)
-        self._apply(charges)
-        self._open[reservation_id] = _Open(charges, now, now + ttl_s)
+        for counter, amount, _limit, _check, expires_at, _resets, _label in charges:  # `_apply`, inlined
+            b = get(counter)
+            if b is None:
+                b = self._new_bucket(counter, expires_at)
+            elif expires_at > b.expires_at and b.expires_at:
+                b.expires_at = expires_at
+                heapq.heappush(self._expiry, (expires_at, counter))
+            b.reserved += amount
+            if b.sums:
+                for s in b.sums:
+                    s.used += amount
+        self._open[reservation_id] = (charges, now, now + ttl_s)
         return None
 
     def settle_now(self, reservation_id: str, actual: Mapping[str, Amount], now: float) -> None:
@@ -149,13 +198,21 @@ class MemoryCounterStore:
                 b = buckets.get(counter)
                 if b is not None:
                     b.settled += amount
+                    if b.sums:
+                        for s in b.sums:
+                            s.used += amount
             return
-        for c in op.charges:
-            b = buckets.get(c.counter)
+        get = actual.get
+        for counter, amount, _limit, _check, expires_at, _resets, _label in op[CHARGES]:
+            b = buckets.get(counter)
             if b is None:  # not reachable through this class: buckets with reservations are never dropped
-                b = self._new_bucket(c.counter, c.expires_at)
-            b.reserved -= c.amount
-            b.settled += actual.get(c.counter, 0)
+                b = self._new_bucket(counter, expires_at)
+            spent = get(counter, 0)
+            b.reserved -= amount
+            b.settled += spent
+            if b.sums:
+                for s in b.sums:
+                    s.used += spent - amount
 
     def release_now(self, reservation_id: str) -> None:
         """Close the reservation without spend: reserved -= amount per charge. Unknown id: no-op."""
@@ -168,7 +225,7 @@ class MemoryCounterStore:
         with 0 < expires_at <= now that holds no reservation (one that still
         does is dropped on a later call, after it is settled). Returns the
         number of reservations released."""
-        released = [rid for rid, op in self._open.items() if op.deadline <= now]
+        released = [rid for rid, op in self._open.items() if op[DEADLINE] <= now]
         for rid in released:
             self._unreserve(self._open.pop(rid))
         heap, buckets = self._expiry, self._buckets
@@ -181,15 +238,28 @@ class MemoryCounterStore:
             if b.reserved:
                 keep.append((when, name))
             else:
+                if b.sums:
+                    for s in b.sums:
+                        s.used -= b.settled + b.reserved
                 del buckets[name]
         for entry in keep:
             heapq.heappush(heap, entry)  # retried next time; `when <= now` keeps them at the top
+        self._drop_unused_sums()
         return len(released)
 
     def used_now(self, counters: Sequence[str]) -> Amount:
         """Σ (settled + reserved) over `counters`: what `usage` sums, as one amount."""
-        used: Amount = 0
+        if type(counters) is Checked:
+            s = self._sums.get(id(counters))
+            if s is None or s.check is not counters:
+                s = self._sum(counters)
+            s.seen = True
+            return s.used
         get = self._buckets.get
+        if len(counters) == 1:
+            b = get(counters[0])
+            return 0 if b is None else b.settled + b.reserved
+        used: Amount = 0
         for name in counters:
             b = get(name)
             if b is not None:
@@ -207,6 +277,9 @@ class MemoryCounterStore:
             b.expires_at = expires_at
             if expires_at:
                 heapq.heappush(self._expiry, (expires_at, counter))
+        if b.sums:
+            for s in b.sums:
+                s.used += settled - b.settled
         b.settled = settled
 
     async def close(self) -> None:
@@ -222,7 +295,7 @@ class MemoryCounterStore:
         if not charges or reservation_id in self._open:
             return
         self._apply(charges)
-        self._open[reservation_id] = _Open(charges, created, deadline)
+        self._open[reservation_id] = (charges, created, deadline)
 
     # ---- inspection (tests, status) ----------------------------------------------------
 
@@ -249,16 +322,70 @@ class MemoryCounterStore:
                 b.expires_at = c.expires_at
                 heapq.heappush(self._expiry, (c.expires_at, c.counter))
             b.reserved += c.amount
+            if b.sums:
+                for s in b.sums:
+                    s.used += c.amount
 
     def _unreserve(self, op: _Open) -> None:
         buckets = self._buckets
-        for c in op.charges:
+        for c in op[CHARGES]:
             b = buckets.get(c.counter)
             if b is not None:
                 b.reserved -= c.amount
+                if b.sums:
+                    for s in b.sums:
+                        s.used -= c.amount
 
     def _new_bucket(self, counter: str, expires_at: float) -> _Bucket:
-        b = self._buckets[counter] = _Bucket(0, 0, expires_at)
+        b = self._buckets[counter] = _Bucket(0, 0, expires_at, self._watch.get(counter))
         if expires_at:
             heapq.heappush(self._expiry, (expires_at, counter))
         return b
+
+    # ---- running sums --------------------------------------------------------------------
+
+    def _sum(self, check: Checked) -> _Sum:
+        """Start keeping the running sum of `check`'s buckets (summed once here)."""
+        if len(self._sums) >= MAX_SUMS:
+            self._drop_sums(list(self._sums.values()))
+        s = _Sum(check)
+        buckets, watch = self._buckets, self._watch
+        used: Amount = 0
+        for name in check:
+            found = watch.get(name)
+            b = buckets.get(name)
+            if found is None:
+                found = watch[name] = []
+                if b is not None:
+                    b.sums = found
+            found.append(s)
+            if b is not None:
+                used += b.settled + b.reserved
+        s.used = used
+        self._sums[id(check)] = s
+        return s
+
+    def _drop_unused_sums(self) -> None:
+        """Drop the sums no call used since the last expire; mark the rest unused."""
+        unused = []
+        for s in self._sums.values():
+            if s.seen:
+                s.seen = False
+            else:
+                unused.append(s)
+        if unused:
+            self._drop_sums(unused)
+
+    def _drop_sums(self, sums: list[_Sum]) -> None:
+        buckets, watch = self._buckets, self._watch
+        for s in sums:
+            del self._sums[id(s.check)]
+            for name in s.check:
+                found = watch[name]
+                found.remove(s)
+                if not found:
+                    del watch[name]
+                    b = buckets.get(name)
+                    if b is not None:
+                        b.sums = None
+

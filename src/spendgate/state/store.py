@@ -9,12 +9,23 @@ Redis), so concurrent calls can never overshoot a limit together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import NamedTuple, Protocol, Union
+from functools import partial
+from typing import NamedTuple, Protocol, Union, cast
 
 Amount = Union[Decimal, int]
+
+
+class Checked(tuple):  # type: ignore[type-arg]
+    """Bucket names a caller builds once and passes in every charge while they
+    are current (a rate limit's 13 slots, a rolling budget's sub-buckets),
+    instead of a plain tuple. A plain tuple of names to the contract; an
+    in-process store keeps a running sum per such object rather than summing
+    its buckets on every call (`state/memory.py`)."""
+
+    __slots__ = ()
 
 
 class Charge(NamedTuple):
@@ -33,6 +44,14 @@ class Charge(NamedTuple):
     @property
     def checked(self) -> tuple[str, ...]:
         return self.check or (self.counter,)
+
+
+# `Charge(*fields)`, all seven fields in order, without the Python-level `__new__`
+# of a named tuple (hot paths build one per limit per call)
+new_charge = cast(
+    Callable[[tuple[str, Amount, Union[Amount, None], tuple[str, ...], float, Union[float, None], str]], Charge],
+    partial(tuple.__new__, Charge),
+)
 
 
 @dataclass(slots=True)
@@ -74,3 +93,22 @@ class CounterStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+ReserveNow = Callable[[str, Sequence[Charge], float, float], Union[Refusal, None]]
+SettleNow = Callable[[str, Mapping[str, Amount], float], None]
+ReleaseNow = Callable[[str], None]
+
+
+def in_process_ops(store: object) -> tuple[ReserveNow | None, tuple[SettleNow, ReleaseNow] | None]:
+    """`reserve`, `settle` and `release` of an in-process store of this package
+    as plain functions (a coroutine per operation costs more than the
+    operation), or (None, None) for any other store. Only for exactly those
+    classes: a subclass may wrap the async contract, which must then be used.
+    The operations are the same; the async methods only wrap them."""
+    from spendgate.state.durable import DurableCounterStore
+    from spendgate.state.memory import MemoryCounterStore
+
+    if type(store) is MemoryCounterStore or type(store) is DurableCounterStore:
+        return store.reserve_now, (store.settle_now, store.release_now)
+    return None, None
