@@ -13,21 +13,7 @@ from spendgate.config import Deployment
 from spendgate.routing.balance import Balancer
 from spendgate.routing.health import SERVER_ERROR, Health
 from spendgate.routing.schema import HealthConfig
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, s: float) -> None:
-        self.t += s
-
-
-def dep(name: str, **kw) -> Deployment:
-    return Deployment(name=name, provider="openai", model="m", base_url="http://x/v1", **kw)
+from routing_fakes import Clock, dep
 
 
 def setup(*deps: Deployment, seed: int = 7, price_of=None, cfg: HealthConfig | None = None):

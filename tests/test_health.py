@@ -17,21 +17,7 @@ from spendgate.routing.health import (
     failure_kind,
 )
 from spendgate.routing.schema import HealthConfig
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, s: float) -> None:
-        self.t += s
-
-
-def dep(name: str, **kw) -> Deployment:
-    return Deployment(name=name, provider="openai", model="m", base_url="http://x/v1", **kw)
+from routing_fakes import Clock, dep
 
 
 CFG = HealthConfig(allowed_fails=3, window_s=60, cooldown_s=30, max_cooldown_s=300, latency_alpha=0.5)
