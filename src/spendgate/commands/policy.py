@@ -220,7 +220,7 @@ def explain(
     nsteps = len(target.steps)
     for i, models in enumerate(target.steps):
         allowed = [m for m in models if may_use(key, m)]
-        step = _step(router, catalog, allowed, endpoint)
+        step = _step(router, catalog, allowed, endpoint, key)
         chain = [d["name"] for g in step["groups"] for d in g["deployments"]]
         only = call.context_only[i] if i < len(call.context_only) else set()
         plan = [d.name for d in planned[i] if d.name not in only]  # context fallbacks: listed apart
@@ -278,31 +278,18 @@ def _role(target: Any, i: int, n: int) -> str:
     return f"answer judged by the checks; a failing answer escalates to step {i + 2}{skip}"
 
 
-def _step(router: Any, catalog: Any, models: list[str], endpoint: str) -> dict[str, Any]:
-    """A step's chain in groups, as `Router._step` builds it: each model's own
-    deployments (ordered by its strategy), then each model's fallbacks."""
-    seen: set[str] = set()
+def _step(router: Any, catalog: Any, models: list[str], endpoint: str, key: Any) -> dict[str, Any]:
+    """A step's chain in groups, from the router's own grouping (`Router.step_groups`)."""
     groups: list[dict[str, Any]] = []
-
-    def add(model: str, via: str) -> None:
-        deps = [d for d in router.deployments_of(model) if d.name not in seen]
-        if endpoint in _OPENAI_ONLY:
-            deps = [d for d in deps if d.wire == "openai"]
+    for model, fallback_of, entry, group in router.step_groups(models, key):
+        deps = [d for d in group if endpoint not in _OPENAI_ONLY or d.wire == "openai"]
         if not deps:
-            return
-        seen.update(d.name for d in deps)
+            continue
+        via = "step" if fallback_of is None else f"fallback of {fallback_of}" + (f" ({entry})" if entry != model else "")
         strategy = router.strategy(model)
         groups.append({"model": model, "via": via, "strategy": strategy, "note": STRATEGY_NOTES.get(strategy, ""),
                        "deployments": _ordered(router, catalog, deps, strategy)})  # fmt: skip
-
     routes = router.config.models
-    for m in models:
-        add(m, "step")
-    for m in models:
-        route = routes.get(m)
-        for fallback in route.fallbacks if route is not None else ():
-            for fb_model in router.policy.target(fallback).steps[0]:
-                add(fb_model, f"fallback of {m}" + (f" ({fallback})" if fallback != fb_model else ""))
     context: list[dict[str, Any]] = []
     for m in models:
         route = routes.get(m)

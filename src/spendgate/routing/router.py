@@ -9,7 +9,7 @@ entry may be the one that runs), which is why routing runs before them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from spendgate.config import ApiKey, Config, Deployment
@@ -24,6 +24,11 @@ from spendgate.routing.policy import Policy, Target
 from spendgate.routing.schema import ModelRoute, RoutingConfig
 
 _OPENAI_ONLY = ("completions", "embeddings")
+
+
+# (public model, the step model it is a fallback of or None, the fallback entry
+# that brought it in, its deployments in config order; the strategy orders them per call)
+StepGroup = tuple[str, "str | None", "str | None", list[Deployment]]
 
 
 class Router:
@@ -43,6 +48,12 @@ class Router:
         self.health = Health(config.routing.health, config.deployments)
         self.balancer = Balancer(self.health, price_of)
         self._routes: dict[str, ModelRoute] = config.routing.models
+        # model -> its fallback models, each with the fallback entry (a model or a tier) naming it
+        self._fallbacks: dict[str, list[tuple[str, str]]] = {
+            model: [(fb, entry) for entry in route.fallbacks for fb in self.policy.target(entry).steps[0]]
+            for model, route in self._routes.items()
+            if route.fallbacks
+        }
         self._has_tpm = any(d.tpm is not None for d in config.deployments)
         self._has_context_fallbacks = any(r.context_window_fallbacks for r in config.routing.models.values())
 
@@ -58,20 +69,30 @@ class Router:
         route = self._routes.get(model)
         return (route.strategy if route is not None and route.strategy else None) or self.config.strategy
 
-    def _step(self, models: tuple[str, ...], tokens: int, key: ApiKey | None) -> list[Deployment]:
-        """The step's chain: its models' deployments, then their fallbacks (those the key may use)."""
-        out: list[Deployment] = []
+    def step_groups(self, models: Sequence[str], key: ApiKey | None) -> list[StepGroup]:
+        """A step's deployments grouped by the model they serve, in chain order: each
+        of its models' own, then each model's fallbacks (those the key may use). A
+        deployment already in an earlier group is left out of later ones."""
+        wanted: list[tuple[str, str | None, str | None]] = [(m, None, None) for m in models]
+        for model in models:
+            wanted += [(fb, model, via) for fb, via in self._fallbacks.get(model, ()) if may_use(key, fb)]
+        if len(wanted) == 1:  # the common case: one model, no fallbacks
+            return [(models[0], None, None, self._by_model[models[0]])]
+        groups: list[StepGroup] = []
         seen: set[str] = set()
-        for model in models:
-            self._extend(out, seen, self.balancer.order(self._by_model[model], self.strategy(model), tokens))
-        for model in models:
-            route = self._routes.get(model)
-            for fallback in route.fallbacks if route is not None else ():
-                for fb_model in self.policy.target(fallback).steps[0]:
-                    if may_use(key, fb_model):
-                        self._extend(out, seen, self.balancer.order(self._by_model[fb_model], self.strategy(fb_model), tokens))
-        return out
+        for model, fallback_of, via in wanted:
+            deps = [d for d in self._by_model[model] if d.name not in seen] if seen else self._by_model[model]
+            if deps:
+                seen.update(d.name for d in deps)
+                groups.append((model, fallback_of, via, deps))
+        return groups
 
+    def _step(self, models: tuple[str, ...], tokens: int, key: ApiKey | None) -> list[Deployment]:
+        """The step's chain: each group ordered by its model's strategy."""
+        out: list[Deployment] = []
+        for model, _, _, deps in self.step_groups(models, key):
+            out += self.balancer.order(deps, self.strategy(model), tokens)
+        return out
     @staticmethod
     def _extend(out: list[Deployment], seen: set[str], deps: list[Deployment]) -> None:
         for d in deps:
@@ -147,7 +168,10 @@ class Router:
             only: set[str] = set()
             if self._has_context_fallbacks:
                 seen = {d.name for d in chain}
-                for dep in list(chain):
+                first_of_model: dict[str, Deployment] = {}  # the fallbacks are per model: one lookup each
+                for d in chain:
+                    first_of_model.setdefault(self._model_of[d.name], d)
+                for dep in first_of_model.values():
                     for extra in self.context_fallbacks(dep, call.endpoint, call.key, tokens):
                         if extra.name not in seen:
                             seen.add(extra.name)
