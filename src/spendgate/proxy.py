@@ -118,9 +118,9 @@ class Proxy:
         """One step's failover loop; buffered and judged when a cascade step follows."""
         endpoint = call.endpoint
 
-        def judge(raw: bytes, dep: Deployment) -> Any:
+        def judge(body: dict[str, Any], dep: Deployment) -> Any:
             assert cascade is not None
-            return cascade.judge(raw, dep, prompt, call.tags)
+            return cascade.judge(body, dep, prompt, call.tags)
 
         async def attempt(dep: Deployment, number: int, why: str) -> Success | Failure:
             a = Attempt(dep, number, route_reason=why, buffered=cascade is not None)

@@ -50,7 +50,7 @@ _STREAM_ERRORS = {
     "rate_limit_exceeded": (429, "rate_limit", "rate_limited"),
 }
 
-Judge = Callable[[bytes, Deployment], Any]  # upstream body -> cascade verdict (with `.ok`)
+Judge = Callable[[dict[str, Any], Deployment], Any]  # parsed upstream body -> cascade verdict (with `.ok`)
 
 
 class AttemptRunner:
@@ -114,7 +114,7 @@ class AttemptRunner:
             resp.release()
         attempt.http_status = 200
         try:
-            out = read_completion(raw, dep.wire, call.wire, attempt, self.privacy.store_text, prompt)
+            out, upstream = read_completion(raw, dep.wire, call.wire, attempt, self.privacy.store_text, prompt)
         except Exception as exc:  # noqa: BLE001 - a billed call must reach the ledger whatever the body
             log.warning("unusable upstream response from %s for request %s: %s", dep.name, call.request_id, type(exc).__name__)
             attempt.status, attempt.http_status = "error", 502
@@ -126,7 +126,7 @@ class AttemptRunner:
             return Failure(502, render(err, call.wire), "bad_body")
         if buffered is not None:
             try:
-                verdict = buffered(raw, dep)
+                verdict = buffered(upstream, dep)
             except Exception:  # noqa: BLE001 - a check that breaks must not lose a paid attempt
                 log.exception("cascade check failed on the answer of %s for request %s", dep.name, call.request_id)
                 verdict = Verdict(False, "check_error", "")

@@ -21,8 +21,11 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4) if text else 0
 
 
-def read_completion(raw: bytes, upstream_wire: str, client_wire: str, attempt: Attempt, capture: bool, prompt: str) -> bytes:
-    """Fill `attempt` from the upstream body; return the client's body."""
+def read_completion(
+    raw: bytes, upstream_wire: str, client_wire: str, attempt: Attempt, capture: bool, prompt: str
+) -> tuple[bytes, dict[str, Any]]:
+    """Fill `attempt` from the upstream body; return the client's body, and the
+    upstream's parsed (what a cascade's checks judge)."""
     try:
         body: Any = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -48,10 +51,10 @@ def read_completion(raw: bytes, upstream_wire: str, client_wire: str, attempt: A
     if capture:
         attempt.response_text = text
     if upstream_wire == client_wire:
-        return raw
+        return raw, body
     if client_wire == "openai":
-        return orjson.dumps(anthropic_response_to_openai(body, attempt.model_used or attempt.deployment.model))
-    return orjson.dumps(openai_response_to_anthropic(body, attempt.model_used or attempt.deployment.model))
+        return orjson.dumps(anthropic_response_to_openai(body, attempt.model_used or attempt.deployment.model)), body
+    return orjson.dumps(openai_response_to_anthropic(body, attempt.model_used or attempt.deployment.model)), body
 
 
 def _text(body: dict[str, Any], wire: str) -> str:

@@ -52,13 +52,9 @@ class CompiledCascade:
             return {"logprobs": True}
         return None
 
-    def judge(self, raw: bytes, dep: Deployment, prompt: str, tags: dict[str, str]) -> Verdict:
+    def judge(self, body: dict[str, Any], dep: Deployment, prompt: str, tags: dict[str, str]) -> Verdict:
         """The checks' verdict on a step's answer, in the upstream's own format
         (log-probabilities are lost in translation)."""
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return Verdict(False, "unreadable", "the answer is not JSON")
         answer = answer_from_anthropic(body) if dep.wire == "anthropic" else answer_from_openai(body)
         verdict = judge(self.checks, answer)
         if not verdict.ok:
