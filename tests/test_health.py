@@ -14,10 +14,10 @@ from spendgate.routing.health import (
     SERVER_ERROR,
     TIMEOUT,
     Health,
-    failure_kind,
 )
 from spendgate.routing.schema import HealthConfig
 from routing_fakes import Clock, dep
+from spendgate.routing.failover import HEALTH_KIND, kind_of_status
 
 
 CFG = HealthConfig(allowed_fails=3, window_s=60, cooldown_s=30, max_cooldown_s=300, latency_alpha=0.5)
@@ -39,11 +39,14 @@ def succeed(h: Health, name: str, latency_s: float | None = 0.1) -> None:
 
 
 def test_failure_kinds_of_statuses():
-    assert failure_kind(429) == RATE_LIMITED
-    assert failure_kind(500) == failure_kind(503) == failure_kind(529) == SERVER_ERROR
-    assert failure_kind(504) == failure_kind(408) == TIMEOUT
-    assert failure_kind(None) == CONNECTION
-    assert failure_kind(400) == failure_kind(404) == CLIENT_ERROR
+    def kind(status: int) -> str:  # as the failover loop reports an upstream error to Health
+        return HEALTH_KIND[kind_of_status(status)]
+
+    assert kind(429) == RATE_LIMITED
+    assert kind(500) == kind(503) == kind(529) == SERVER_ERROR
+    assert kind(504) == kind(408) == TIMEOUT
+    assert HEALTH_KIND["connection"] == CONNECTION  # no status: the connection itself failed
+    assert kind(400) == kind(404) == CLIENT_ERROR
 
 
 @pytest.mark.parametrize("kind", [RATE_LIMITED, SERVER_ERROR, TIMEOUT, CONNECTION])

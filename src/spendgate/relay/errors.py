@@ -11,9 +11,6 @@ from spendgate.wire import anthropic as anthropic_wire
 from spendgate.wire import openai as openai_wire
 from spendgate.wire.translate_response import anthropic_error_to_openai, openai_error_to_anthropic
 
-RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
-
-
 def render(err: GatewayError, wire: str) -> bytes:
     return (anthropic_wire if wire == "anthropic" else openai_wire).error_body(err)
 

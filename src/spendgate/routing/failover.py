@@ -35,7 +35,6 @@ from spendgate.routing.health import Health
 from spendgate.routing.schema import RetryConfig
 from spendgate.relay.errors import render
 
-RETRY_KINDS = frozenset({"rate_limited", "server", "timeout", "connection", "stream"})
 NEXT_KINDS = frozenset({"auth", "bad_body"})
 # failure kind -> what it tells `Health` (a broken stream, unusable body or refused
 # credentials count against the deployment like a 5xx; client errors don't)
@@ -49,7 +48,6 @@ HEALTH_KIND = {
     "connection": health_kinds.CONNECTION,
     "context_length": health_kinds.CONTEXT_WINDOW,
     "client": health_kinds.CLIENT_ERROR,
-    "unservable": health_kinds.CANCELLED,
 }
 
 
@@ -79,7 +77,9 @@ def kind_of_status(status: int, body: Any = None) -> str:
     """The failure kind of an upstream HTTP error."""
     if status == 429:
         return "rate_limited"
-    if status in (408, 409) or status >= 500:
+    if status in (408, 504):
+        return "timeout"
+    if status == 409 or status >= 500:
         return "server"
     if status in (401, 403):
         return "auth"

@@ -35,7 +35,8 @@ from typing import Any
 from spendgate.config import Deployment
 from spendgate.routing.schema import HealthConfig
 
-# failure kinds a caller passes to `end`; the first four count toward cooldowns
+# failure kinds a caller passes to `end` (routing/failover.py maps upstream errors
+# to them); the first four count toward cooldowns
 RATE_LIMITED = "rate_limited"  # 429
 SERVER_ERROR = "server_error"  # 5xx (and 529 overloaded)
 TIMEOUT = "timeout"
@@ -46,19 +47,6 @@ CANCELLED = "cancelled"  # the client went away: nothing learned (a probe's slot
 COUNTED = frozenset({RATE_LIMITED, SERVER_ERROR, TIMEOUT, CONNECTION})
 
 RATE_WINDOW_S = 60  # rpm / tpm are per minute; one bucket per second
-
-
-def failure_kind(status: int | None) -> str:
-    """The failure kind of an upstream HTTP status (None: no answer, a connection error)."""
-    if status is None:
-        return CONNECTION
-    if status == 429:
-        return RATE_LIMITED
-    if status == 408 or status == 504:
-        return TIMEOUT
-    if status >= 500:
-        return SERVER_ERROR
-    return CLIENT_ERROR
 
 
 class DeploymentHealth:
