@@ -105,11 +105,7 @@ def whole_decision(number: int, repeat: int) -> None:
 
         def decide() -> None:
             call = Call(wire="openai", endpoint="chat.completions", body=body, raw_body=b"", headers={}, model=model, tags=tags)
-            target = router.policy.resolve(call)
-            if target.reason != "direct":
-                call.model = target.primary
-                call.route_baseline = router.baseline(target)
-            router.plan(call, target)
+            router.route(call)
             name = call.candidates[0].name
             probe = health.start(name, 0)
             health.end(name, ok=True, latency_s=0.1, probe=probe)

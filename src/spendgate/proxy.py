@@ -77,8 +77,8 @@ class Proxy:
                 call.request_hash = request_hash(call.body)
                 await serve_hit(call, send, id_headers(call), self.sink.submit)
                 return
-            if not call.candidates:
-                self.router.plan(call, self.router.policy.target(call.model))
+            if not call.candidates:  # no route stage ran (a pipeline assembled without one)
+                self.router.route_directly(call)
         except GatewayError as err:
             await send_json(send, err.status, render(err, call.wire), id_headers(call))
             return

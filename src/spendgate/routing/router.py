@@ -148,6 +148,25 @@ class Router:
 
     # -- planning a call -------------------------------------------------------------
 
+    def route(self, call: Call) -> None:
+        """Resolve the name the client sent under the policy, and plan the call."""
+        target = self.policy.resolve(call)
+        if target.reason != "direct":
+            call.route_reason = target.reason
+            if target.rule is not None:
+                call.control_actions.append(f"route:{target.rule}:{call.model}->{target.label}")
+            call.model = target.primary
+            call.route_baseline = self.baseline(target)
+        call.route_target = target
+        self.plan(call, target)
+
+    def route_directly(self, call: Call) -> None:
+        """Plan `call.model` as the concrete model it is (a control chose it, not the policy)."""
+        target = self.policy.target(call.model)
+        call.route_target = target
+        call.route_baseline = None  # no routing savings: routing did not choose
+        self.plan(call, target)
+
     def plan(self, call: Call, target: Target) -> None:
         """Fill the call's route from a resolved target. Each step's list ends with
         the deployments its context-window fallbacks may reach (`call.context_only`):
@@ -198,19 +217,7 @@ class RouteStage:
         self.router = router
 
     async def __call__(self, call: Call) -> None:
-        target = self.router.policy.resolve(call)
-        if target.reason != "direct":
-            call.route_reason = target.reason
-            if target.rule is not None:
-                call.control_actions.append(f"route:{target.rule}:{call.model}->{target.label}")
-            call.model = target.primary
-            call.route_baseline = self.router.baseline(target)
-        call.route_target = target
-        self.router.plan(call, target)
+        self.router.route(call)
 
     def reroute(self, call: Call) -> None:
-        """`call.model` was changed by a control (a concrete model): route it directly."""
-        target = self.router.policy.target(call.model)
-        call.route_target = target
-        call.route_baseline = None  # a control chose the model, not routing
-        self.router.plan(call, target)
+        self.router.route_directly(call)
