@@ -3,7 +3,7 @@
 
 `policy explain` builds the call the gateway would see (the key's tags, then
 the ones given, the key's owner last) and runs the gateway's own policy and
-router on it (`Router(config).policy.resolve(call)`, then `router.plan`), so
+router on it (`Router(config).policy.resolve(call)`, then `router.apply`), so
 what it prints is what the gateway does: the rule that matched (or the
 default), the target, and per step the deployments in failover order with
 their balancing strategy, weights and blended prices, the fallbacks and
@@ -184,13 +184,7 @@ def explain(
         matched = policy.rule_for(call)  # before routing changes call.model (a rule may match on it)
         target = policy.resolve(call)
         out["policy"] = _policy_part(config, policy, model, matched, target)
-        # what the route stage does with the target
-        if target.reason != "direct":
-            call.route_reason = target.reason
-            call.model = target.primary
-            call.route_baseline = router.baseline(target)
-        call.route_target = target
-        router.plan(call, target)
+        router.apply(call, target)  # what the route stage does with the target
     except GatewayError as err:
         if out["policy"] is None and matched is not None and not is_alias(model) and matched.enforce == "reject":
             why = f"rule {matched.name!r} matches and does not allow {model!r} (enforce: reject)"

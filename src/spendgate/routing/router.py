@@ -150,7 +150,10 @@ class Router:
 
     def route(self, call: Call) -> None:
         """Resolve the name the client sent under the policy, and plan the call."""
-        target = self.policy.resolve(call)
+        self.apply(call, self.policy.resolve(call))
+
+    def apply(self, call: Call, target: Target) -> None:
+        """Route the call to a target the policy resolved for it."""
         if target.reason != "direct":
             call.route_reason = target.reason
             if target.rule is not None:
