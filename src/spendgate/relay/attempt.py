@@ -127,8 +127,9 @@ class AttemptRunner:
         if buffered is not None:
             try:
                 verdict = buffered(upstream, dep)
-            except Exception:  # noqa: BLE001 - a check that breaks must not lose a paid attempt
-                log.exception("cascade check failed on the answer of %s for request %s", dep.name, call.request_id)
+            except Exception as exc:  # noqa: BLE001 - a check that breaks must not lose a paid attempt
+                # the exception's text may quote the answer (a schema error does): only its type is logged
+                log.warning("cascade check failed on the answer of %s for request %s: %s", dep.name, call.request_id, type(exc).__name__)
                 verdict = Verdict(False, "check_error", "")
             attempt.wasted = not verdict.ok
             event = self.record(call, attempt, prompt)
