@@ -358,6 +358,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     try:
         ledger_total = Decimal(con.execute("SELECT dsum(cost) FROM usage_events").fetchone()[0])
         demo_rows = con.execute("SELECT count(*) FROM usage_events WHERE source = 'demo'").fetchone()[0]
+        fired = {r[0] for r in con.execute("SELECT rule FROM alert_history WHERE event = 'fired'")}
         live = con.execute(
             "SELECT endpoint, streamed, team, status, cost, http_status FROM usage_events WHERE source = 'proxy'"
         ).fetchall()
@@ -371,6 +372,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert "MISSING PRICES" in out and UNPRICED_MODEL in out
     assert "untagged spend" in out and "where to look next" in out
     assert f"{demo_rows:,} events over 30 days" in out
+    # the gateway judged its alert rules on the history: the untagged share fired (and is in the ledger)
+    assert "alerts fired" in out and "untagged-spend" in out and "untagged-spend" in fired
+    key_file = tmp_path / "demo" / "admin-key"
+    assert key_file.stat().st_mode & 0o077 == 0, "the dashboard's admin key is readable by its owner only"
+    assert "/dashboard" in out
 
     # live calls went through the real HTTP path and were metered there, every one of them
     sent = int(re.search(r"(\d+) requests in [\d.]+ s", out).group(1))  # type: ignore[union-attr]

@@ -80,7 +80,7 @@ def _cascade_ledger(path: Path) -> None:
     for i in range(40):
         rid = f"req{i}"
         text = f"how do I reset my password {i}" if i % 2 else f"prove the theorem number {i} rigorously"
-        common = {"request_id": rid, "model_requested": "auto", "control_actions": "route:faq:auto->cascade:faq",
+        common = {"request_id": rid, "key_id": "k", "model_requested": "auto", "control_actions": "route:faq:auto->cascade:faq",
                   "request_text": text, "feature": "faq", "ts_start": 1_800_000_000.0 + i, "ts_end": 1_800_000_001.0 + i}  # fmt: skip
         events.append(UsageEvent(attempt=1, route_reason="cascade", status="ok", **common))
         if i % 2 == 0 and i % 4 == 0:  # half the proofs were escalated by the checks
@@ -107,6 +107,25 @@ def test_the_ledger_labels_escalations_and_reported_outcomes(tmp_path: Path) -> 
     assert all(ok for text, ok in labels.items() if "password" in text)  # success, or a score of 0.9 >= 0.5
     assert found.reported == 10 + 15 and found.unlabelled == 5  # kept answers nobody reported on
     assert {g for _, _, g in found.examples} == {"faq"}
+
+
+def test_another_keys_feedback_does_not_label_a_request_with_the_same_id(tmp_path: Path) -> None:
+    """Request ids are client-chosen: key B's 'req1' is B's, and B's feedback does not label key A's 'req1'."""
+    _cascade_ledger(tmp_path / "l.db")  # key 'k' reported success on req1, failure on req2
+    store = SQLiteLedger(tmp_path / "l.db")
+    b_common = {"key_id": "b", "model_requested": "auto", "control_actions": "route:faq:auto->cascade:faq",
+                "route_reason": "cascade", "status": "ok", "attempt": 1, "ts_start": 1_800_000_100.0}  # fmt: skip
+    store.append([UsageEvent(request_id="req1", request_text="b asks something", **b_common),
+                  UsageEvent(request_id="req3", request_text="b asks again", **b_common)])  # fmt: skip
+    store.record_outcome("req2", "success", None, "b", 0.0)  # no request of B's: must not label k's req2
+    store.record_outcome("req1", "failure", None, "b", 0.0)  # B's own req1
+    found = harvest(store, "faq")
+    store.close()
+    labels = {text: ok for text, ok, _ in found.examples}
+    assert labels["how do I reset my password 1"] is True  # k's success stands
+    assert labels["prove the theorem number 2 rigorously"] is False  # k's failure, not B's "success"
+    assert labels["b asks something"] is False and "b asks again" not in labels  # B's req3 has no feedback
+    assert found.reported == 10 + 15 + 1 and found.unlabelled == 5 + 1
 
 
 def test_router_train_from_the_ledger_writes_a_model_that_prefers_the_cheap_model_where_it_did_well(tmp_path: Path) -> None:

@@ -266,14 +266,14 @@ class FlakyStore:
         self.write_then_fail = write_then_fail
         self.calls = 0
 
-    def append(self, events):
+    def append(self, events, *, stored=None):
         self.calls += 1
         if self.fail > 0:
             self.fail -= 1
             if self.write_then_fail:
                 self.inner.append(events)  # committed, but the caller hears an error
             raise sqlite3.OperationalError("disk I/O error (simulated)")
-        return self.inner.append(events)
+        return self.inner.append(events, stored=stored)
 
     def query(self, sql, params=()):
         return self.inner.query(sql, params)
@@ -421,9 +421,9 @@ def test_submit_never_waits_for_the_store(ledger: SQLiteLedger):
     release = threading.Event()
 
     class SlowStore(FlakyStore):
-        def append(self, events):
+        def append(self, events, *, stored=None):
             release.wait(10)
-            return self.inner.append(events)
+            return self.inner.append(events, stored=stored)
 
     writer = LedgerWriter(SlowStore(ledger, fail=0), batch_size=50, flush_interval_ms=1).start()
     writer.submit(make_event(0))
@@ -442,3 +442,31 @@ def test_submit_never_waits_for_the_store(ledger: SQLiteLedger):
 
 def test_columns_cover_every_field():
     assert tuple(COLUMNS) == EVENT_FIELDS
+
+
+
+def test_listeners_see_each_stored_event_once(ledger: SQLiteLedger):
+    """An ingest client retrying a batch must not be counted twice by /metrics or alerts."""
+    seen: list[str] = []
+    writer = LedgerWriter(ledger, batch_size=10, flush_interval_ms=1)
+    writer.add_listener(lambda events: seen.extend(e.event_id for e in events))
+    writer.start()
+    first, second = make_event(1), make_event(2)
+    writer.submit(first)
+    writer.flush(5)
+    writer.submit(first)  # the same event again (a retried delivery)
+    writer.submit(second)
+    writer.flush(5)
+    assert ledger.count() == 2
+    writer.close()
+    assert seen == [first.event_id, second.event_id]
+
+
+def test_side_table_writes_cannot_touch_the_events(ledger: SQLiteLedger):
+    ledger.append([make_event(1)])
+    for sql in ("DELETE FROM usage_events", "update usage_events set cost = '0'", "INSERT OR REPLACE INTO usage_events (event_id) VALUES ('x')"):
+        with pytest.raises(ValueError, match="append-only"):
+            ledger.write([(sql, ())])
+    assert ledger.count() == 1
+    ledger.write([("CREATE TABLE IF NOT EXISTS notes (n TEXT)", ()), ("INSERT INTO notes SELECT event_id FROM usage_events", ())])
+    assert ledger.query("SELECT count(*) FROM notes")[0][0] == 1

@@ -53,6 +53,10 @@ async def _openai(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(0.5)
         await resp.write(_chunk({}, "stop", usage={"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}))
         await resp.write(b"data: [DONE]\n\n")
+    elif prompt.startswith("linger-after-done"):  # the whole answer, then the end of body later (slow, or past the read timeout)
+        await resp.write(_chunk({"role": "assistant", "content": "all of it"}, "stop", usage={"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}))
+        await resp.write(b"data: [DONE]\n\n")
+        await asyncio.sleep(float(prompt.split()[1]))
     elif prompt == "usage-on-content":
         await resp.write(_chunk({"role": "assistant", "content": "hello"}))
         await resp.write(_chunk({"content": " there"}, "stop", usage={"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}))
@@ -123,6 +127,7 @@ def gw(quirky_upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             {"name": "q-openai", "provider": "openai", "model": "gpt-4o-mini", "base_url": f"{quirky_upstream}/v1", "api_key_env": "QUIRK_KEY", "timeout_s": 1.0},
             {"name": "q-anthropic", "provider": "anthropic", "model": "claude-haiku-4-5", "base_url": quirky_upstream, "api_key_env": "QUIRK_KEY"},
         ],
+        "cache": {"policies": [{"name": "lingering", "match": {"feature": "linger"}, "scope": {"tenant": "*"}}]},
     }
     g = start_gateway(tmp, config, env={"QUIRK_KEY": "sk-provider-secret-123"})
     yield g
@@ -205,3 +210,28 @@ def test_usage_on_content_chunk_is_hidden_when_not_asked(gw: Gateway) -> None:
     chunks = list(_oai(gw).chat.completions.create(model="gpt-4o-mini", messages=_msg("usage-on-content"), stream=True))
     assert [c.usage for c in chunks] == [None] * len(chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "hello there"
+
+
+@pytest.mark.parametrize("linger", ["0.4", "1.5"])  # within / past the deployment's 1 s read timeout
+def test_client_that_leaves_on_done_is_answered_and_cached(gw: Gateway, linger: str) -> None:
+    """SDKs close on `[DONE]`; the upstream's end of body may come later. The call was
+    answered in full: it is recorded as answered and its answer stored, not a disconnect."""
+    prompt = f"linger-after-done {linger} {time.time_ns()}"
+    body = {"model": "gpt-4o-mini", "messages": _msg(prompt), "temperature": 0, "stream": True}
+    head = {"authorization": "Bearer sk-client-key", "x-spendgate-tags": "feature=linger,tenant=t1"}
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", headers=head, json=body, timeout=10) as r:
+        rid = r.headers["x-spendgate-request-id"]
+        assert r.headers["x-spendgate-cache"] == "miss"
+        lines = []
+        for line in r.iter_lines():
+            lines.append(line)
+            if line == "data: [DONE]":
+                break  # leave before the upstream ends its body
+    assert "data: [DONE]" in lines
+    [row] = gw.by_request(rid)
+    assert (row["status"], row["output_tokens"]) == ("ok", 3)
+    again = _oai(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=_msg(prompt), temperature=0, extra_headers={"x-spendgate-tags": "feature=linger,tenant=t1"}
+    )
+    assert again.headers["x-spendgate-cache"] == "exact"
+    assert again.parse().choices[0].message.content == "all of it"

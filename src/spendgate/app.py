@@ -9,11 +9,13 @@ from typing import Any
 import orjson
 
 from spendgate.admin.api import AdminApi, admin_key_from
+from spendgate.alerts.engine import AlertEngine
 from spendgate.asgi import Receive, Scope, Send, header_dict, read_body, send_json
 from spendgate.config import Config
 from spendgate.controls.identify import Identify, may_use, presented_key
 from spendgate.errors import GatewayError
 from spendgate.feedback import Feedback
+from spendgate.outcomes import Outcomes
 from spendgate.ingest import Ingest
 from spendgate.keys.store import open_key_store
 from spendgate.ledger.open import open_ledger
@@ -24,6 +26,7 @@ from spendgate.pricing.catalog import Catalog
 from spendgate.providers.adapters import Adapter
 from spendgate.providers.upstream import UpstreamClient
 from spendgate.proxy import Proxy
+from spendgate.telemetry.service import Telemetry
 from spendgate.relay.errors import render
 from spendgate.routing.router import RouteStage, Router
 from spendgate.controls.assembly import Controls
@@ -61,6 +64,7 @@ class Gateway:
         self.proxy: Proxy | None = None
         self.ingest = Ingest(self.identify.keys, self.catalog, self.writer, config)
         self.feedback = Feedback(self.identify.keys, self.writer)
+        self.outcomes = Outcomes(self.identify.keys, self.writer)
         self.admin = AdminApi(
             self.key_store, self.identify.keys, admin_key_from(config.admin), key_env=config.admin.key_env, tag_rules=config.tags
         )
@@ -70,6 +74,19 @@ class Gateway:
         self.cache = ResponseCache(config.cache)
         self.admin.cache = self.cache
         self.admin.router = self.router
+        from spendgate.dashboard.app import build_dashboard
+
+        self.dashboard = build_dashboard(self)  # None when dashboard.enabled is false
+        self.alerts = (  # None when no alert rules are configured
+            AlertEngine(
+                config.alerts, self.writer.store, self.writer, self.controls.budgets, slos=config.slos, budget_config=config.budgets
+            )
+            if config.alerts.rules
+            else None
+        )
+        self.telemetry = Telemetry(  # /metrics (token once virtual keys exist: asked per scrape), OTLP
+            config.telemetry, self.writer, admin_key_from(config.admin), shared=lambda: not self.identify.keys.allow_any
+        )
 
     async def startup(self) -> None:
         if self.config.simulator.enabled:
@@ -87,8 +104,11 @@ class Gateway:
                 base = _simulator_base(self.simulator.url, dep.provider)
             adapters[dep.name] = Adapter(dep, base)
         await self.upstream.start()
+        self.telemetry.start()  # its writer listeners, before the writer runs
         self.writer.start()
         await self.controls.start(self.writer.store)
+        if self.alerts is not None:
+            self.alerts.start()
         self.cache.start()
         if self.key_store is not None:
             self.key_store.start_watching()  # keys changed by other processes
@@ -113,7 +133,10 @@ class Gateway:
         await self.upstream.close()
         if self.simulator is not None:
             await self.simulator.close()
+        if self.alerts is not None:
+            await self.alerts.close()  # flushes the writer first: the last calls' alerts still go out
         self.writer.close()
+        await self.telemetry.close()  # after the last batch: flushes OTLP spans and metrics
         if self.key_store is not None:
             self.key_store.close()
         log.info("ledger flushed: %d events written", self.writer.written)
@@ -149,16 +172,23 @@ class Gateway:
             await self._llm(route[0], route[1], scope, receive, send)
         elif path in ("/healthz", "/health") and method == "GET":
             await _json(send, 200, {"status": "ok"})
+        elif method == "GET" and self.telemetry.serves(path):
+            await self.telemetry.serve_metrics(scope, send, self.controls.budgets.budget_status)
         elif path == "/v1/models" and method == "GET":
             await self._models(scope, send)
         elif path == "/v1/spendgate/feedback" and method == "POST":
             status, payload = await self.feedback.handle(header_dict(scope), await read_body(receive, MAX_BODY))
+            await _json(send, status, payload)
+        elif path == "/v1/outcomes" and method == "POST":
+            status, payload = await self.outcomes.handle(header_dict(scope), await read_body(receive, MAX_BODY))
             await _json(send, status, payload)
         elif path == "/v1/spendgate/events" and method == "POST":
             status, payload = await self.ingest.handle(header_dict(scope), await read_body(receive, MAX_BODY))
             await _json(send, status, payload)
         elif path.startswith("/admin/") or path == "/admin":
             await self.admin(scope, receive, send)
+        elif (path == "/dashboard" or path.startswith("/dashboard/")) and self.dashboard is not None:
+            await self.dashboard(scope, receive, send)
         else:
             wire = "anthropic" if path.startswith("/v1/messages") else "openai"
             err = GatewayError(404, f"Unknown endpoint: {method} {path}", "invalid_request")

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "router": ("spendgate.commands.router", "train the learned routing check from your own outcomes"),
     "policy": ("spendgate.commands.policy", "explain what a call would be routed to, and why"),
     "routing": ("spendgate.commands.policy", "deployment health (cooling, in flight, latency) on a running gateway"),
+    "export": ("spendgate.commands.export", "the ledger as a FOCUS 1.2 dataset (CSV or Parquet) for FinOps tools"),
+    "reconcile": ("spendgate.commands.reconcile", "compare a provider's usage/cost export with the ledger per day and model"),
 }
 
 

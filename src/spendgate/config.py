@@ -17,7 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from spendgate.cache.schema import CacheConfig
+from spendgate.alerts.schema import AlertsConfig
+from spendgate.analytics.focus_schema import FocusConfig
+from spendgate.dashboard.schema import DashboardConfig
 from spendgate.routing.schema import RoutingConfig
+from spendgate.analytics.showback_schema import CostSlo, ShowbackConfig
+from spendgate.telemetry.schema import TelemetryConfig
 from spendgate.controls.schema import (
     AdminConfig,
     Budget,
@@ -210,6 +215,12 @@ class Config(Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     prompt_cache: PromptCacheConfig = Field(default_factory=PromptCacheConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    slos: list[CostSlo] = Field(default_factory=list)  # cost per successful outcome targets
+    showback: ShowbackConfig = Field(default_factory=ShowbackConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    focus: FocusConfig = Field(default_factory=FocusConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # rules and notifiers (docs/alerts.md)
 
     @field_validator("budgets", "rate_limits", "caps")
     @classmethod

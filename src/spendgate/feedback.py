@@ -3,9 +3,13 @@
 An application reports, after the fact, whether an answer served its purpose
 (`{"request_id": "...", "outcome": "success" | "failure" | a label, "score": 0.8}`).
 Outcomes are what a learned router trains on (`spendgate router train
---ledger`) and what cost per outcome is measured with. Only the key that
+--ledger`) and what cost per outcome is measured with (labels the
+router reads as good or bad count as successes or failures; see spendgate.outcomes for `/v1/outcomes`, which adds
+session outcomes and business value to the same storage). Only the key that
 made a request may report on it: another key's request is a 404, as an
-unknown one is, so request ids reveal nothing across tenants.
+unknown one is, so request ids reveal nothing across tenants. Outcomes are
+stored per key and request id (ids are client-chosen on ingest), so another
+key's request with the same id neither lends its feature nor is overwritten.
 """
 
 from __future__ import annotations
@@ -16,43 +20,26 @@ import re
 import time
 from typing import Any
 
-from spendgate.controls.identify import ANY_KEY_ID, KeyRing, presented_key
 from spendgate.errors import GatewayError, json_object
-from spendgate.ledger.writer import LedgerWriter
+from spendgate.ledger.outcomes import record_request_outcome
+from spendgate.outcomes import REQUEST_ID as _REQUEST_ID
+from spendgate.outcomes import OwnedOutcomes
 
 _LABEL = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
-class Feedback:
-    def __init__(self, keys: KeyRing, writer: LedgerWriter) -> None:
-        self.keys = keys
-        self.writer = writer
-        self._flushing = asyncio.Lock()  # one flush at a time, however many unknown ids are posted
-
-    async def handle(self, headers: dict[str, str], raw: bytes | None) -> tuple[int, dict[str, Any]]:
-        try:
-            return 200, await self._accept(headers, raw)
-        except GatewayError as err:
-            return err.status, {"error": {"message": err.message, "type": "invalid_request_error" if err.status == 400 else err.kind}}
+class Feedback(OwnedOutcomes):
+    """`POST /v1/spendgate/feedback`: the ownership check and storage are /v1/outcomes's."""
 
     async def _accept(self, headers: dict[str, str], raw: bytes | None) -> dict[str, Any]:
-        key = self.keys.authenticate(presented_key(headers))
-        key_id = key.id if key is not None else ANY_KEY_ID
+        key_id = self.key_id(headers)
         request_id, outcome, score = _parse(raw)
-        owners = await asyncio.to_thread(self._owners, request_id)
-        if not owners:  # the request's events may still be on their way to the ledger
-            async with self._flushing:
-                await asyncio.to_thread(self.writer.flush, 2.0)
-            owners = await asyncio.to_thread(self._owners, request_id)
-        if key_id not in owners:
-            raise GatewayError(404, f"No request '{request_id}' made with this key is in the ledger.", "not_found")
-        await asyncio.to_thread(self.writer.store.record_outcome, request_id, outcome, score, key_id, time.time())
+        owner = await self.owner(key_id, request_id=request_id)
+        await asyncio.to_thread(
+            record_request_outcome, self.writer.store, request_id, outcome,
+            key_id=key_id, ts=time.time(), score=score, feature=owner.feature, team=owner.team,
+        )  # fmt: skip
         return {"object": "spendgate.feedback", "request_id": request_id, "outcome": outcome, "score": score}
-
-    def _owners(self, request_id: str) -> set[str]:
-        rows = self.writer.store.query("SELECT DISTINCT key_id FROM usage_events WHERE request_id = ?", (request_id,))
-        return {r[0] for r in rows}
 
 
 def _parse(raw: bytes | None) -> tuple[str, str, float | None]:

@@ -1,4 +1,8 @@
-"""`spendgate report`: spend per group from the ledger."""
+"""`spendgate report`: spend per group from the ledger.
+
+`spendgate report statement --month 2026-11 --by team|cost_center` writes the
+month's showback / chargeback statements instead (spendgate.analytics.statements).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from spendgate.analytics import statement_command
 from spendgate.analytics.report import DIMENSIONS, build_report, parse_by, render_csv, render_json, render_table
 from spendgate.analytics.since import parse_time
 from spendgate.config import load_config
@@ -17,6 +22,7 @@ RENDERERS = {"table": render_table, "csv": render_csv, "json": render_json}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mode", nargs="?", choices=["statement"], help="statement: monthly showback statements per owner")
     parser.add_argument("--config", metavar="PATH", help="config file (its ledger.url is read)")
     parser.add_argument("--ledger", metavar="URL", help="ledger URL or path; overrides the config's ledger.url")
     parser.add_argument(
@@ -28,14 +34,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", metavar="WHEN", help="end of the window, exclusive (default: now)")
     parser.add_argument(
         "--by",
-        default="team,model",
+        default=None,
         metavar="DIMS",
-        help=f"comma-separated group-by dimensions (default team,model): {', '.join(DIMENSIONS)}",
+        help=f"comma-separated group-by dimensions (default team,model): {', '.join(DIMENSIONS)}; "
+        "for statements: team (default) or cost_center",
     )
-    parser.add_argument("--format", choices=sorted(RENDERERS), default="table", help="output format")
+    parser.add_argument(
+        "--format", choices=sorted({*RENDERERS, *statement_command.FORMATS}), default=None,
+        help="output format: table (default), csv, json; for statements md (default), html, csv",
+    )  # fmt: skip
+    statement_command.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.mode == "statement":
+        return statement_command.run(args)
+    if args.format not in (None, *RENDERERS) or args.month or args.out:
+        print("spendgate report: --month, --out and --format md|html are for `spendgate report statement`", file=sys.stderr)
+        return 2
+    args.format = args.format or "table"
+    args.by = args.by or "team,model"
     try:
         url = args.ledger
         if url is None:

@@ -40,6 +40,7 @@ from decimal import Decimal
 from typing import Any
 
 from spendgate.analytics.since import format_time
+from spendgate.analytics.spreadsheet import safe_text
 from spendgate.ledger.events import TAG_COLUMNS
 from spendgate.ledger.sqlite import EXACT, TABLE, time_window
 from spendgate.ledger.store import LedgerStore
@@ -557,7 +558,7 @@ def render_csv(report: Report) -> str:
     writer.writerow([*report.by, *METRICS])
     for r in report.rows:
         writer.writerow(
-            [report.label(d, r.group.get(d)) for d in report.by]
+            [safe_text(report.label(d, r.group.get(d))) for d in report.by]  # tag values: no formulas
             + [_plain(getattr(r, m)) if m in MONEY else getattr(r, m) for m in METRICS]
         )
     return buf.getvalue()

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ DEFAULT_DIR = "./spendgate-demo"
 CONFIG_NAME = "spendgate.yaml"
 LEDGER_NAME = "spendgate.db"
 LOG_NAME = "gateway.log"
+ADMIN_KEY_NAME = "admin-key"  # the dashboard's and admin API's key, made once per demo dir
 HOST = "127.0.0.1"
 LEDGER_URL_MARK = "@LEDGER_URL@"
 STATE_URL_MARK = "@STATE_URL@"
@@ -80,6 +82,46 @@ deployments:
     base_url: simulator
     # a server started with an API key (vLLM --api-key) wants it as a bearer token
     headers: {authorization: "Bearer local-inference-token"}
+
+# The dashboard (/dashboard) and the admin API open with the admin key, read from
+# SPENDGATE_ADMIN_KEY; `spendgate demo` generates one into its --dir (admin-key).
+
+# A monthly budget for the search team, shown on the dashboard. A budget holds
+# what the gateway forwards: the live calls count, the backfilled history not.
+budgets:
+  - name: search-monthly
+    scope: {team: search}
+    window: {period: month}
+    limit: "60"
+
+# Model tiers: the dashboard's tier mix (and `model: tier:small` for clients).
+routing:
+  tiers:
+    small: [gpt-4o-mini, claude-haiku-4-5]
+    large: [gpt-4o, claude-sonnet-4-5]
+
+# Alerts: state and history live in the ledger; the log notifier writes to the
+# gateway's log (docs/alerts.md has every rule kind and the webhook, Slack and
+# email notifiers).
+alerts:
+  evaluate_every_s: 60
+  notifiers:
+    log: {kind: log}
+  rules:
+    - name: unpriced-model           # a model answered with no price (acme-llama-ft)
+      kind: unpriced_model
+      notify: [log]
+      cooldown_s: 86400
+    - name: untagged-spend           # more than 1 % of the last week's spend has no team
+      kind: untagged_share
+      tags: [team]
+      above_percent: 1
+      window: 7d
+      notify: [log]
+    - name: big-call                 # one call above $0.50
+      kind: single_call
+      above: "0.50"
+      notify: [log]
 """
 EXAMPLE_LEDGER_URL = "sqlite:///spendgate-demo/spendgate.db"
 
@@ -130,7 +172,9 @@ def run(args: argparse.Namespace) -> int:
 
     port = _choose_port(args.port)
     base_url = f"http://{HOST}:{port}"
-    gateway = _start_gateway(config_path, port, log_path)
+    admin_key_path = demo_dir / ADMIN_KEY_NAME
+    admin_key = _admin_key(admin_key_path)
+    gateway = _start_gateway(config_path, port, log_path, admin_key)
     try:
         if not _wait_healthy(base_url, gateway):
             say(f"  the gateway did not come up; its log ({_show(log_path)}) ends with:")
@@ -153,9 +197,11 @@ def run(args: argparse.Namespace) -> int:
         say()
         sys.stdout.write(_report(config.ledger.url, since))
         say()
+        say(_alerts(config.ledger.url))
+        say()
         say(_next_steps(config_path, ledger_path, base_url if args.keep_running else f"http://{HOST}:4000"))
         if args.keep_running:
-            _serve_until_interrupted(gateway, base_url)
+            _serve_until_interrupted(gateway, base_url, admin_key_path)
         return 0
     except KeyboardInterrupt:
         say()
@@ -234,8 +280,24 @@ def _choose_port(wanted: int) -> int:
     return port
 
 
-def _start_gateway(config_path: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def _admin_key(path: Path) -> str:
+    """The demo's admin key: made once (random, owner-only file), then reused."""
+    try:
+        key = path.read_text().strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    key = "sg-admin-" + secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+def _start_gateway(config_path: Path, port: int, log_path: Path, admin_key: str) -> subprocess.Popen[bytes]:
     """The real gateway, in its own process (and session, so Ctrl-C is ours to relay)."""
+    env = {**os.environ, "SPENDGATE_ADMIN_KEY": admin_key}
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "spendgate.cli", "serve", "--config", str(config_path), "--host", HOST, "--port", str(port)],
@@ -243,6 +305,7 @@ def _start_gateway(config_path: Path, port: int, log_path: Path) -> subprocess.P
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
         )
 
 
@@ -293,10 +356,33 @@ def _report(ledger_url: str, since: float) -> str:
         store.close()
 
 
-def _serve_until_interrupted(proc: subprocess.Popen[bytes], base_url: str) -> None:
+def _alerts(ledger_url: str) -> str:
+    """The alerts the gateway fired while it ran (from the ledger's alert history)."""
+    from spendgate.ledger.open import open_ledger
+
+    store = open_ledger(ledger_url)
+    try:
+        rows = store.query(
+            "SELECT rule, subject, value, threshold, message FROM alert_history WHERE event = 'fired' ORDER BY ts, id"
+        )
+    except Exception:  # noqa: BLE001 - a ledger without alert tables: nothing fired
+        rows = []
+    finally:
+        store.close()
+    if not rows:
+        return "alerts: none fired"
+    lines = [f"alerts fired ({len(rows)}; the gateway's log has each notification):"]
+    for rule, subject, _value, _threshold, message in rows:
+        lines.append(f"  {rule:<16} {subject}: {message}")
+    return "\n".join(lines)
+
+
+def _serve_until_interrupted(proc: subprocess.Popen[bytes], base_url: str, admin_key_path: Path) -> None:
     say(f"The gateway is still running at {base_url} — try it:")
     say()
     say(_curl_snippet(base_url))
+    say()
+    say(f"The dashboard: {base_url}/dashboard  (sign in with the admin key in {_show(admin_key_path)})")
     say()
     say("Press Ctrl-C to stop it.")
     try:
@@ -333,6 +419,8 @@ def _next_steps(config_path: Path, ledger_path: Path, base_url: str) -> str:
         f"  {report} --by source                      # the backfilled history vs the live calls",
         f"  the ledger is plain SQLite: sqlite3 {_show(ledger_path)} 'select team, count(*) from usage_events group by 1'",
         f"  run the gateway again: spendgate serve --config {cfg}   (or: spendgate demo --keep-running)",
+        f"  the dashboard: spendgate demo --keep-running, then open {base_url}/dashboard",
+        f"    (sign in with the admin key in {_show(config_path.parent / ADMIN_KEY_NAME)})",
         "  then point any OpenAI SDK at it:",
         f'    client = OpenAI(base_url="{base_url}/v1", api_key="any-key",',
         '                    default_headers={"x-spendgate-tags": "team=search,feature=faq"})',

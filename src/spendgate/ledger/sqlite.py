@@ -19,6 +19,7 @@ import decimal
 import logging
 import math
 import operator
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from spendgate.analytics import rollups
 from spendgate.ledger.events import EVENT_FIELDS, UsageEvent
 
 log = logging.getLogger(__name__)
@@ -43,17 +45,33 @@ INDEXES = {
     "usage_events_team_ts_start": "team, ts_start",
     "usage_events_model_used_ts_start": "model_used, ts_start",
     "usage_events_request_id": "request_id",
+    # a dashboard filtered on one user (or a few: top-N series) reads that
+    # user's events directly; no rollup holds user x model x hour
+    "usage_events_user_ts_start": '"user", ts_start',
 }
 
-# What callers said of a request's result (POST /v1/spendgate/feedback), joined to
-# its events by request_id; the events themselves stay append-only.
+# What callers said of a request's result (POST /v1/spendgate/feedback and
+# /v1/outcomes), one record per key and request: request ids are client-chosen
+# (ingest), so two keys may use the same one without meeting. Joined to the
+# request's events by (key_id, request_id); the events themselves stay
+# append-only. Ledgers whose table is keyed on request_id alone are rebuilt by
+# spendgate.ledger.outcomes.ensure_schema.
 OUTCOMES_SQL = """CREATE TABLE IF NOT EXISTS outcomes (
-    request_id TEXT NOT NULL PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
     outcome TEXT NOT NULL,
     score REAL,
-    key_id TEXT,
-    ts REAL NOT NULL
+    ts REAL NOT NULL,
+    value TEXT,
+    feature TEXT,
+    team TEXT,
+    PRIMARY KEY (key_id, request_id)
 )"""
+
+_WRITES_EVENTS = re.compile(
+    rf"\b(?:insert(?:\s+or\s+\w+)?\s+into|replace\s+into|update(?:\s+or\s+\w+)?|delete\s+from|drop\s+table|alter\s+table)\s+[\"'`]?{TABLE}\b",
+    re.IGNORECASE,
+)
 
 # An exact context: addition never rounds (precision grows with the operands).
 EXACT = decimal.Context(
@@ -247,6 +265,7 @@ class SQLiteLedger:
             check_same_thread=False,
         )
         conn.create_aggregate("dsum", 1, DecimalSum)
+        rollups.register(conn)  # the rollups' exact upsert and nano-unit money helpers
         return conn
 
     def _reader_conn(self) -> sqlite3.Connection:
@@ -291,10 +310,48 @@ class SQLiteLedger:
                     if name not in have:
                         log.info("ledger: adding column %s %s to %s", name, sql_type, TABLE)
                         conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {sql_type}")
+                self._migrate_rollups(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+
+    @staticmethod
+    def _migrate_rollups(conn: sqlite3.Connection) -> None:
+        """Create the rollups (analytics/rollups/) and fill them from the
+        events already stored: a ledger from before rollups, or one whose
+        rollup definitions changed, gets them rebuilt once here. Indexes
+        added since a ledger was made are created here too."""
+        for index, columns in INDEXES.items():
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (index,)).fetchone():
+                log.info("ledger: creating index %s", index)
+                conn.execute(f"CREATE INDEX {index} ON {TABLE} ({columns})")
+        if rollups.installed(conn):
+            after = rollups.stale_after(conn, TABLE)
+            if after is not None:  # events stored by a spendgate that kept no rollups
+                SQLiteLedger._catch_up_rollups(conn, after)
+            return
+        n = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
+        if n:
+            log.info("ledger: building rollups from %d events (once)", n)
+        for stmt in (*rollups.drop_sql(), *rollups.schema_sql()):
+            conn.execute(stmt)
+        rollups.build(conn, TABLE)
+
+    @staticmethod
+    def _catch_up_rollups(conn: sqlite3.Connection, after: int) -> None:
+        """Fold the events past the rollups' high-water mark into them."""
+        n = 0
+        while True:
+            rows = conn.execute(
+                f"SELECT rowid, {', '.join(COLUMNS)} FROM {TABLE} WHERE rowid > ? ORDER BY rowid LIMIT 5000", (after,)
+            ).fetchall()
+            if not rows:
+                break
+            rollups.apply(conn, [row_to_event(r[1:]) for r in rows])
+            after, n = rows[-1][0], n + len(rows)
+        rollups.mark(conn)
+        log.warning("ledger: %d events were written without rollups (an older spendgate?); added to the rollups", n)
 
     @property
     def schema_version(self) -> int:
@@ -302,12 +359,13 @@ class SQLiteLedger:
 
     # LedgerStore
 
-    def append(self, events: Sequence[UsageEvent]) -> int:
+    def append(self, events: Sequence[UsageEvent], *, stored: list[UsageEvent] | None = None) -> int:
         """Write events in one transaction; returns how many were new.
 
         An event whose `event_id` is already stored is skipped, so a batch
-        sent twice is counted once. Raises `InvalidEvent` (nothing written)
-        when one event can never be stored.
+        sent twice is counted once. `stored`, when given, receives the events
+        that were new (what the writer's listeners may count). Raises
+        `InvalidEvent` (nothing written) when one event can never be stored.
         """
         if not events:
             return 0
@@ -321,10 +379,15 @@ class SQLiteLedger:
             if self._closed:
                 raise RuntimeError("the ledger is closed")
             conn = self._conn
-            before = conn.total_changes
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # only events not stored yet (nor earlier in this batch) reach the rollups
+                fresh = self._new_events(conn, events)
+                before = conn.total_changes
                 conn.executemany(_INSERT_SQL, rows)
+                added = conn.total_changes - before
+                rollups.apply(conn, fresh)
+                rollups.mark(conn)
             except (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError) as exc:
                 conn.execute("ROLLBACK")
                 bad = self._find_bad_row(rows)
@@ -335,7 +398,24 @@ class SQLiteLedger:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            return conn.total_changes - before
+            if stored is not None:
+                stored.extend(fresh)
+            return added
+
+    @staticmethod
+    def _new_events(conn: sqlite3.Connection, events: Sequence[UsageEvent]) -> list[UsageEvent]:
+        """The batch's events whose event_id is not stored yet, first of each id only."""
+        by_id: dict[str, UsageEvent] = {}
+        for e in events:
+            by_id.setdefault(e.event_id, e)
+        ids = list(by_id)
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            for (event_id,) in conn.execute(
+                f"SELECT event_id FROM {TABLE} WHERE event_id IN ({', '.join('?' * len(chunk))})", chunk
+            ):
+                del by_id[event_id]
+        return list(by_id.values())
 
     def _find_bad_row(self, rows: list[list[Any]]) -> int | None:
         """Which row sqlite3 refuses (an unsupported value type), by trying each."""
@@ -352,14 +432,33 @@ class SQLiteLedger:
             conn.execute("ROLLBACK")
 
     def record_outcome(self, request_id: str, outcome: str, score: float | None, key_id: str | None, ts: float) -> None:
-        """Store (or replace: the latest word counts) a request's outcome."""
+        """Store (or replace: the latest word counts) this key's outcome of a request
+        (no key: the allow-any-key mode's id); the table is migrated first if old."""
+        from spendgate.ledger.outcomes import record_request_outcome  # it imports this module
+
+        record_request_outcome(self, request_id, outcome, key_id=key_id, ts=ts, score=score)
+
+    def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
+        """Run writing statements in one transaction on the ledger's side tables
+        (outcomes, alert state); returns the rows changed. Events themselves
+        are written only by `append` (a statement that would change them is refused)."""
+        for sql, _params in statements:
+            if _WRITES_EVENTS.search(sql):
+                raise ValueError(f"{TABLE} is append-only: write events with append(), not write()")
         with self._write_lock:
-            self._conn.execute(
-                "INSERT INTO outcomes (request_id, outcome, score, key_id, ts) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(request_id) DO UPDATE SET outcome = excluded.outcome, score = excluded.score, "
-                "key_id = excluded.key_id, ts = excluded.ts",
-                (request_id, outcome, score, key_id, ts),
-            )
+            if self._closed:
+                raise RuntimeError("the ledger is closed")
+            conn = self._conn
+            before = conn.total_changes
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    conn.execute(sql, tuple(params))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return conn.total_changes - before
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run read-only SQL (the connection refuses writes); `dsum(x)` is available."""

@@ -15,7 +15,10 @@ class LedgerStore(Protocol):
     loop; implementations may block.
     """
 
-    def append(self, events: Sequence[UsageEvent]) -> None: ...
+    def append(self, events: Sequence[UsageEvent], *, stored: list[UsageEvent] | None = None) -> int:
+        """Store the events not stored yet (by event_id); returns how many; those
+        events are added to `stored` when it is given."""
+        ...
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only SQL query (reports); `dsum(x)` sums decimal text exactly."""

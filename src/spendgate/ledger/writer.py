@@ -30,7 +30,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -91,6 +91,18 @@ class LedgerWriter:
         self._failed_batches = 0
         self._rejected = 0
         self._abandoned = 0
+        # called on the writer thread with each batch once it is written (metrics, alerts)
+        self._listeners: list[Callable[[Sequence[UsageEvent]], None]] = []
+
+    def add_listener(self, listener: Callable[[Sequence[UsageEvent]], None]) -> None:
+        """Call `listener(events)` on the writer thread after each written batch.
+
+        Listeners see what is durably in the ledger, off the event loop, each
+        event once (one already stored, e.g. an ingest retry, is not passed
+        again); one that raises is logged and stops neither the writer nor the
+        others.
+        """
+        self._listeners.append(listener)
 
     # --- the request path -------------------------------------------------
 
@@ -268,8 +280,9 @@ class LedgerWriter:
             if self._give_up.is_set():
                 self._abandon(pending)
                 return
+            fresh: list[UsageEvent] = []
             try:
-                self.store.append(pending)
+                self.store.append(pending, stored=fresh)
             except InvalidEvent as exc:
                 bad = pending.pop(exc.index) if 0 <= exc.index < len(pending) else pending.pop(0)
                 self._reject(bad, exc)
@@ -286,7 +299,16 @@ class LedgerWriter:
                 delay = min(delay * 2, self.retry_max_s)
                 continue
             self._written += len(pending)
+            if fresh:  # a retried ingest batch is counted once by metrics and alerts too
+                self._notify(fresh)
             pending = []
+
+    def _notify(self, events: Sequence[UsageEvent]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(events)
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the ledger
+                log.exception("ledger writer: listener %r failed", listener)
 
     def _reject(self, event: UsageEvent, exc: Exception) -> None:
         self._rejected += 1

@@ -193,7 +193,10 @@ class AttemptRunner:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    if not state["done"]:
+                    # a client that leaves once it has the whole answer (SDKs close on `[DONE]`,
+                    # while the upstream's end of body may still be on its way) got what it paid
+                    # for: finish normally, so the call is recorded as answered and cached
+                    if not state["done"] and not relay.complete:
                         state["disconnected"] = True
                         task.cancel()
                     return
@@ -235,10 +238,13 @@ class AttemptRunner:
                 elif not relay.complete:
                     raise aiohttp.ClientPayloadError("stream ended early")
             except (aiohttp.ClientError, asyncio.TimeoutError):
-                if not state["shown"]:
+                if relay.complete:  # the answer was whole; only the upstream's end of body went missing
+                    tail = relay.finish()
+                elif not state["shown"]:
                     return self._stream_failed(call, attempt, relay, prompt, "stream_cut")
-                attempt.status, attempt.error_type, attempt.http_status = "error", "stream_cut", 502
-                tail = relay.error_event("The upstream provider's stream broke off before it finished.")
+                else:
+                    attempt.status, attempt.error_type, attempt.http_status = "error", "stream_cut", 502
+                    tail = relay.error_event("The upstream provider's stream broke off before it finished.")
             except Exception as exc:  # noqa: BLE001 - an unreadable chunk must still end cleanly and be metered
                 log.warning("unusable upstream stream from %s for request %s: %s", dep.name, call.request_id, type(exc).__name__)
                 attempt.status, attempt.error_type, attempt.http_status = "error", "relay_error", 502
